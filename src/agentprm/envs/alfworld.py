@@ -1,0 +1,231 @@
+"""ALFWorld backend: the real engine (TextWorld's PDDL environment with ALFWorld's own wrappers).
+
+Games are folders holding ``game.tw-pddl`` and ``traj_data.json`` in ALFWorld's layout
+``<root>/json_2.1.1/{train,valid_seen,valid_unseen}/<task folder>/<trial>/``. The root is either a folder written
+by ``agentprm games alfworld`` or the official data (``ALFWORLD_DATA``); nothing else changes between the two.
+
+An episode is played through ``textworld.envs.PddlEnv`` wrapped by ``AlfredDemangler`` (ALFRED ids -> "apple 1"),
+``AlfredInfos`` and, when an expert is asked for, ``AlfredExpert`` (handcoded: explores like a person; planner:
+fast-downward with privileged knowledge). The expert is stateful and must watch the episode from its first step, so
+it is chosen when the environment is built; rollouts that need no expert skip its per-step cost (30-800 ms).
+
+Resets reuse the PDDL-to-SAS translation (``pddl_cache``): a game already seen in this process (or in the disk cache)
+resets without translating again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+from agentprm.envs.alfworld_assets import TASK_TYPES, alfworld_version
+from agentprm.envs.base import EnvError, Game, Observation, Step, sanitize_command
+from agentprm.envs import pddl_cache
+
+DATA_SUBDIR = "json_2.1.1"
+SPLIT_ALIASES = {
+    "train": "train",
+    "seen": "valid_seen",
+    "valid_seen": "valid_seen",
+    "unseen": "valid_unseen",
+    "valid_unseen": "valid_unseen",
+}
+EXPERTS = ("handcoded", "planner")
+TASK_PREFIX = "Your task is to: "
+
+
+def resolve_split(split: str) -> str:
+    try:
+        return SPLIT_ALIASES[split]
+    except KeyError:
+        raise EnvError(f"Unknown ALFWorld split {split!r}; expected one of {sorted(SPLIT_ALIASES)}") from None
+
+
+def validate_task_types(task_types) -> tuple[str, ...]:
+    chosen = tuple(task_types) if task_types else TASK_TYPES
+    unknown = [t for t in chosen if t not in TASK_TYPES]
+    if unknown:
+        raise EnvError(f"Unknown ALFWorld task type(s) {unknown}; expected some of {list(TASK_TYPES)}")
+    return chosen
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """The folder holding ``json_2.1.1`` (or the split folders): ``root``, else ``$ALFWORLD_DATA``."""
+    if root is None:
+        env_root = os.environ.get("ALFWORLD_DATA")
+        if not env_root:
+            raise EnvError(
+                "No ALFWorld games: pass a game folder, or set ALFWORLD_DATA to the official data, "
+                "or generate games with `agentprm games alfworld --out games/alfworld`."
+            )
+        root = env_root
+    root = Path(root).expanduser()
+    return root / DATA_SUBDIR if (root / DATA_SUBDIR).is_dir() else root
+
+
+def alfworld_games(root: str | os.PathLike | None, split: str, task_types=None, limit: int | None = None) -> list[Game]:
+    """Every solvable game of ``split`` under ``root``, sorted by id, filtered as ``AlfredTWEnv`` does.
+
+    Like ALFWorld's loader, folders with 'movable' or 'Sliced' in their path and games not marked solvable are left
+    out; ``task_types`` filters on ``traj_data.json``'s task type.
+    """
+    split_name = resolve_split(split)
+    wanted = set(validate_task_types(task_types))
+    base = data_root(root)
+    split_dir = base / split_name
+    if not split_dir.is_dir():
+        raise EnvError(
+            f"No ALFWorld games for split {split_name!r}: {split_dir} does not exist. "
+            f"Generate games with `agentprm games alfworld --out {base.parent if base.name == DATA_SUBDIR else base}`."
+        )
+    games = []
+    for traj_path in sorted(split_dir.rglob("traj_data.json")):
+        folder = traj_path.parent
+        game_file = folder / "game.tw-pddl"
+        relative = folder.relative_to(base).as_posix()
+        if "movable" in relative or "Sliced" in relative or not game_file.is_file():
+            continue
+        task_type = json.loads(traj_path.read_text())["task_type"]
+        if task_type not in wanted:
+            continue
+        if not json.loads(game_file.read_text()).get("solvable", False):
+            continue
+        games.append(Game("alfworld", relative, str(game_file.resolve()), split_name, task_type))
+        if limit is not None and len(games) >= limit:
+            break
+    if not games:
+        raise EnvError(f"No ALFWorld games of types {sorted(wanted)} under {split_dir}.")
+    return games
+
+
+def split_intro(feedback: str) -> tuple[str, str]:
+    """ALFWorld's first observation is 'welcome banner / room / Your task is to: ...': return (room text, task)."""
+    body = feedback.replace("-= Welcome to TextWorld, ALFRED! =-", "").strip()
+    if TASK_PREFIX in body:
+        room, task = body.split(TASK_PREFIX, 1)
+        return room.strip(), task.strip()
+    return body, ""
+
+
+class AlfworldEnv:
+    """One ALFWorld episode at a time, following the ``TextEnv`` protocol.
+
+    ``expert``: None (no expert, fastest), "handcoded" or "planner". ``cache_dir``: optional folder for the on-disk
+    translation cache shared by processes.
+    """
+
+    name = "alfworld"
+
+    def __init__(self, expert: str | None = None, cache_dir: str | os.PathLike | None = None):
+        if expert is not None and expert not in EXPERTS:
+            raise EnvError(f"Unknown ALFWorld expert {expert!r}; expected one of {EXPERTS} or None")
+        self.expert = expert
+        self.cache = pddl_cache.install(cache_dir)
+        self._env = None
+        self._loaded_source: str | None = None
+        self._game: Game | None = None
+        self._state = None
+        self._task = ""
+        self._expert_failed = False
+
+    def _build(self):
+        import textworld
+        from textworld.envs.pddl import PddlEnv
+        from alfworld.agents.environment.alfred_tw_env import (
+            AlfredDemangler, AlfredExpert, AlfredExpertType, AlfredInfos,
+        )
+
+        extras = ["gamefile"] + (["expert_plan"] if self.expert else [])
+        infos = textworld.EnvInfos(won=True, admissible_commands=True, extras=extras)
+        env = AlfredInfos(AlfredDemangler(PddlEnv(infos)))
+        if self.expert:
+            kind = AlfredExpertType.HANDCODED if self.expert == "handcoded" else AlfredExpertType.PLANNER
+            env = AlfredExpert(env, expert_type=kind)
+        return env
+
+    def reset(self, game: Game) -> Observation:
+        if self._env is None:
+            self._env = self._build()
+        if game.source != self._loaded_source:
+            if not Path(game.source).is_file():
+                raise EnvError(f"ALFWorld game file not found: {game.source}")
+            self._env.load(game.source)
+            self._loaded_source = game.source
+        self._game = game
+        self._expert_failed = False
+        self._state = self._env.reset()
+        room, self._task = split_intro(self._state.feedback)
+        return self._observation(room)
+
+    def step(self, action: str) -> Step:
+        if self._state is None:
+            raise EnvError("step() before reset(): reset the environment to a game first")
+        command = sanitize_command(action)
+        try:
+            state, _, _ = self._env.step(command)
+        except Exception:
+            # Only the expert wrapper raises (the handcoded expert's step budget ran out); the game went on.
+            self._expert_failed = True
+            state = self._env.state if self.expert else None
+            if state is None:
+                raise
+        self._state = state
+        won = bool(state["won"])
+        return Step(self._observation(state.feedback), reward=1.0 if won else 0.0, done=won, won=won)
+
+    def _observation(self, text: str) -> Observation:
+        state = self._state
+        return Observation(
+            task=self._task,
+            text=text,
+            admissible_actions=list(state["admissible_commands"]),
+            task_type=self._game.task_type if self._game else "",
+            info={"won": bool(state["won"]), "gamefile": self._loaded_source},
+        )
+
+    def expert_action(self) -> str | None:
+        if not self.expert or self._state is None or self._expert_failed:
+            return None
+        plan = self._state.get("extra.expert_plan") or []
+        if not plan:
+            return None
+        action = plan[0]
+        return action if action in self._state["admissible_commands"] else None
+
+    def close(self) -> None:
+        if self._env is not None:
+            self._env.close()
+        self._env = None
+        self._state = None
+        self._loaded_source = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def env_version() -> str:
+    return alfworld_version()
+
+
+def run_expert(env: AlfworldEnv, game: Game, max_steps: int, seed: int = 0) -> tuple[bool, list[str]]:
+    """Play ``game`` with the environment's expert for at most ``max_steps``; return (won, commands).
+
+    The handcoded expert breaks loops with Python's global ``random``; it is seeded here so that checks and
+    demonstrations are reproducible.
+    """
+    random.seed(seed)
+    env.reset(game)
+    commands: list[str] = []
+    for _ in range(max_steps):
+        action = env.expert_action()
+        if action is None:
+            return False, commands
+        commands.append(action)
+        if env.step(action).won:
+            return True, commands
+    return False, commands

@@ -1,0 +1,127 @@
+"""A cache for fast-downward's PDDL-to-SAS translation, the dominant cost of every ALFWorld reset.
+
+TextWorld's ``PddlState.__init__`` calls ``fast_downward.pddl2sas(domain, problem)`` twice (plain and optimised) on
+``load`` and again on every ``reset``, although the result depends only on the two texts. Translating takes 0.2 s for
+a 6-receptacle room and up to 11 s for a 40-receptacle one; everything else in a reset takes milliseconds.
+
+``install()`` puts a caching stand-in for the ``fast_downward`` module into ``textworld.envs.pddl.logic`` (the only
+caller). Results are keyed by ``sha256(domain, problem, optimize)``; they are kept in memory (bounded, least recently
+used first out) and, when a cache folder is given, pickled to disk so a new process (a worker, a resumed run) starts
+warm. The translated task is read-only after translation (TextWorld only reads its actions, objects, types and
+initial atoms), so sharing one object between resets is safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+_MAX_IN_MEMORY = 256
+
+
+class TranslationCache:
+    """Memoises ``pddl2sas`` in memory and, optionally, on disk."""
+
+    def __init__(self, translate, disk_dir: str | os.PathLike | None = None, max_in_memory: int = _MAX_IN_MEMORY):
+        self._translate = translate
+        self._memory: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self.max_in_memory = max_in_memory
+        self.disk_dir = Path(disk_dir) if disk_dir else None
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(domain: str, problem: str, optimize: bool) -> str:
+        digest = hashlib.sha256()
+        for part in (domain, "\0", problem, "\0", "optimize" if optimize else "plain"):
+            digest.update(part.encode("utf-8"))
+        return digest.hexdigest()
+
+    def pddl2sas(self, domain: str, problem: str, verbose: bool = False, optimize: bool = False):
+        key = self.key(domain, problem, optimize)
+        with self._lock:
+            if key in self._memory:
+                self._memory.move_to_end(key)
+                self.hits += 1
+                return self._memory[key]
+        result = self._read_disk(key)
+        if result is None:
+            self.misses += 1
+            result = self._translate(domain, problem, verbose=verbose, optimize=optimize)
+            self._write_disk(key, result)
+        else:
+            self.hits += 1
+        with self._lock:
+            self._memory[key] = result
+            while len(self._memory) > self.max_in_memory:
+                self._memory.popitem(last=False)
+        return result
+
+    def _read_disk(self, key: str):
+        if self.disk_dir is None:
+            return None
+        path = self.disk_dir / f"{key}.pkl"
+        try:
+            with open(path, "rb") as handle:
+                return pickle.load(handle)
+        except FileNotFoundError:
+            return None
+        except Exception:
+            # A torn or stale cache entry is only a lost speed-up: drop it and translate again.
+            path.unlink(missing_ok=True)
+            return None
+
+    def _write_disk(self, key: str, result) -> None:
+        if self.disk_dir is None:
+            return
+        self.disk_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.disk_dir, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                pickle.dump(result, handle, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(tmp, self.disk_dir / f"{key}.pkl")
+        except Exception:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def clear_memory(self) -> None:
+        with self._lock:
+            self._memory.clear()
+
+
+class _FastDownwardProxy:
+    """Stands in for the ``fast_downward`` module: every attribute is the real one except ``pddl2sas``."""
+
+    def __init__(self, module, cache: TranslationCache):
+        self._module = module
+        self.cache = cache
+
+    def pddl2sas(self, *args, **kwargs):
+        return self.cache.pddl2sas(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
+
+
+def install(disk_dir: str | os.PathLike | None = None) -> TranslationCache:
+    """Route TextWorld's PDDL translation through one process-wide cache (idempotent) and return it.
+
+    A later call with a ``disk_dir`` turns on the disk layer of the already installed cache.
+    """
+    from textworld.envs.pddl import logic
+
+    current = logic.fast_downward
+    if isinstance(current, _FastDownwardProxy):
+        if disk_dir is not None:
+            current.cache.disk_dir = Path(disk_dir)
+        return current.cache
+    cache = TranslationCache(current.pddl2sas, disk_dir)
+    logic.fast_downward = _FastDownwardProxy(current, cache)
+    return cache
