@@ -3,7 +3,9 @@
 Game ``i`` of split ``s`` is drawn from ``random.Random(f"{seed}/{s}/{i}/{attempt}")``: it depends on nothing else,
 so the same seed gives byte-identical files whatever the number of worker processes. A candidate the handcoded
 expert does not solve within ``max_expert_steps`` is replaced by the next attempt; the manifest counts replacements
-per split so that the filter's effect is visible.
+per split so that the filter's effect is visible. The expert is not deterministic (it picks a random admissible
+action to break a loop): it is seeded with ``EXPERT_SEED``, the seed ``run_expert`` and the demonstrations use, so
+"solvable" means "solved by the expert as the demonstrations run it". Pick-two games are the ones it fails most.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from agentprm.envs.alfworld_gen import DEFAULT_MAX_RECEPTACLES, SPLITS, render_g
 from agentprm.envs.base import EnvError, Game
 
 MAX_ATTEMPTS = 200
+EXPERT_SEED = 0
+"""The handcoded expert breaks loops with ``random``; games are checked, and demonstrations recorded, with this seed."""
 MANIFEST = "manifest.json"
 
 
@@ -79,7 +83,7 @@ def build_one(job: BuildJob) -> BuiltGame:
             (trial / "game.tw-pddl").write_text(game_text)
             (trial / "traj_data.json").write_text(traj_text)
             game = Game("alfworld", trial.name, str(trial / "game.tw-pddl"), job.split, job.task_type)
-            won, commands = run_expert(_expert_env(), game, job.max_expert_steps, seed=job.index)
+            won, commands = run_expert(_expert_env(), game, job.max_expert_steps, seed=EXPERT_SEED)
             if won:
                 folder = f"{job.split}/{spec.folder_name()}/trial_s{job.seed}_{job.index:05d}"
                 files = {"game.tw-pddl": game_text, "traj_data.json": traj_text}

@@ -1,0 +1,371 @@
+"""Environment throughput: steps/s with random admissible actions, and cold vs warm reset cost.
+
+Three settings, one process, CPU only:
+
+* ``alfworld-small``: ALFWorld games generated with ``max_receptacles=6`` (the generator's default);
+* ``alfworld-real``: ALFWorld games generated with ``max_receptacles=0`` (the whole real floor plan);
+* ``twx-twc``: TextWorldExpress ``twc`` with default parameters, train fold seeds 0..N-1.
+
+The ALFWorld games are generated into a temporary folder (seeded, task types dealt round-robin over the six ALFWorld
+types, all in the ``train`` split) and deleted afterwards.
+
+ALFWorld reset measurements (``AlfworldEnv`` without an expert, translation cache with no disk layer):
+
+* **cold**: ``cache.clear_memory()`` then ``env.reset(game)`` for a game not loaded in this env: the game file is
+  read, the domain parsed, and the PDDL problem translated by fast-downward (a cache miss);
+* **warm, same game**: ``env.reset(game)`` again right away; the env skips ``load`` and only rebuilds the PDDL state
+  (translation from the cache);
+* **warm, switch back**: after every game was loaded once, ``env.reset(game)`` for each game in turn, so that each
+  reset follows a different game: the env loads the file again, the translation comes from the cache.
+
+The import of the engines and the construction of the first env are timed separately ("first reset" includes them
+for TWX: JVM start). Steps/s counts ``env.step`` calls only; the resets that start each episode are reported
+separately. Episodes end when the game is won or after ``--max-episode-steps`` steps.
+
+Usage (from the repository root):
+
+    PYTHONPATH=src python benchmarks/env_throughput.py --out benchmarks/results/env_throughput.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import importlib.metadata
+import json
+import os
+import platform
+import random
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from agentprm.envs import pddl_cache
+from agentprm.envs.base import Game
+
+SETTINGS = ("alfworld-small", "alfworld-real", "twx-twc")
+
+
+# -- helpers --------------------------------------------------------------------------------------------------------
+
+
+def _mean(xs):
+    return statistics.fmean(xs) if xs else None
+
+
+def _summary(xs: list[float]) -> dict:
+    """Mean/median/min/max in seconds of a list of durations."""
+    if not xs:
+        return {"n": 0}
+    return {
+        "n": len(xs),
+        "mean_s": statistics.fmean(xs),
+        "median_s": statistics.median(xs),
+        "min_s": min(xs),
+        "max_s": max(xs),
+    }
+
+
+def _version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict:
+    cpu_model = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "packages": {
+            name: _version(name)
+            for name in ("agentprm", "alfworld", "textworld", "fast-downward-textworld", "textworld-express", "py4j")
+        },
+    }
+
+
+def play_random(env, games: list[Game], total_steps: int, max_episode_steps: int, rng: random.Random) -> dict:
+    """Random admissible actions, games round-robin, until ``total_steps`` env.step calls have been made."""
+    step_times: list[float] = []
+    reset_times: list[float] = []
+    n_actions: list[int] = []
+    episodes = won = 0
+    i = 0
+    while len(step_times) < total_steps:
+        game = games[i % len(games)]
+        i += 1
+        t = time.perf_counter()
+        obs = env.reset(game)
+        reset_times.append(time.perf_counter() - t)
+        episodes += 1
+        for _ in range(max_episode_steps):
+            if len(step_times) >= total_steps:
+                break
+            n_actions.append(len(obs.admissible_actions))
+            action = rng.choice(obs.admissible_actions) if obs.admissible_actions else "look"
+            t = time.perf_counter()
+            result = env.step(action)
+            step_times.append(time.perf_counter() - t)
+            obs = result.observation
+            if result.done:
+                won += int(result.won)
+                break
+    total = sum(step_times)
+    return {
+        "steps": len(step_times),
+        "episodes": episodes,
+        "episodes_won": won,
+        "step_time_total_s": total,
+        "steps_per_s": len(step_times) / total if total else None,
+        "step": _summary(step_times),
+        "episode_reset": _summary(reset_times),
+        "mean_admissible_actions": _mean(n_actions),
+    }
+
+
+# -- ALFWorld -------------------------------------------------------------------------------------------------------
+
+
+def generate(root: Path, n: int, seed: int, max_receptacles: int) -> tuple[list[Game], dict, float]:
+    from agentprm.envs.alfworld import alfworld_games
+    from agentprm.envs.alfworld_build import generate_games
+
+    t = time.perf_counter()
+    manifest = generate_games(root, seed=seed, counts={"train": n}, max_receptacles=max_receptacles,
+                              workers=1, progress=False)
+    elapsed = time.perf_counter() - t
+    games = alfworld_games(root, "train")
+    return games, manifest, elapsed
+
+
+def _problem_size(game: Game) -> dict:
+    data = json.loads(Path(game.source).read_text())
+    problem = data["pddl_problem"]
+    objects = problem.split("(:objects", 1)[1].split("(:init", 1)[0] if "(:objects" in problem else ""
+    return {
+        "receptacles": objects.count(" - receptacle\n"),
+        "objects": objects.count(" - object\n"),
+        "problem_chars": len(problem),
+    }
+
+
+def bench_alfworld(name: str, games: list[Game], args, rng: random.Random) -> dict:
+    from agentprm.envs.alfworld import AlfworldEnv
+
+    cache = pddl_cache.install()
+    cache.disk_dir = None  # no disk layer: every miss is a real translation
+    assert cache.disk_dir is None
+
+    t = time.perf_counter()
+    env = AlfworldEnv(expert=None)
+    env._env = env._build()  # engine construction (fast-downward library load), outside every reset figure
+    build_s = time.perf_counter() - t
+
+    sizes = [_problem_size(g) for g in games]
+    per_game = []
+
+    # Cold: nothing of this game in memory (the generator translated every game: clear the cache first).
+    cold, warm_same = [], []
+    for game in games:
+        cache.clear_memory()
+        misses0, hits0 = cache.misses, cache.hits
+        t = time.perf_counter()
+        env.reset(game)
+        cold_s = time.perf_counter() - t
+        cold_misses, cold_hits = cache.misses - misses0, cache.hits - hits0
+        cold.append(cold_s)
+        same = []
+        misses0 = cache.misses
+        for _ in range(args.warm_repeats):
+            t = time.perf_counter()
+            env.reset(game)
+            same.append(time.perf_counter() - t)
+        assert cache.misses == misses0, "a warm reset translated again"
+        warm_same.extend(same)
+        per_game.append({"game_id": game.game_id, "task_type": game.task_type, **sizes[len(per_game)],
+                         "cold_s": cold_s, "cold_cache_misses": cold_misses, "cold_cache_hits": cold_hits,
+                         "warm_same_mean_s": _mean(same)})
+
+    # Warm, switch back: every game is in the cache; each reset follows a different game, so the env reloads.
+    warm_switch = []
+    misses0, hits0 = cache.misses, cache.hits
+    for rep in range(args.warm_repeats):
+        for k, game in enumerate(games):
+            t = time.perf_counter()
+            env.reset(game)
+            dt = time.perf_counter() - t
+            warm_switch.append(dt)
+            per_game[k].setdefault("warm_switch_s", []).append(dt)
+    switch_misses, switch_hits = cache.misses - misses0, cache.hits - hits0
+    for row in per_game:
+        row["warm_switch_mean_s"] = _mean(row.pop("warm_switch_s"))
+
+    play = play_random(env, games, args.steps, args.max_episode_steps, rng)
+    env.close()
+
+    cold_mean, same_mean, switch_mean = _mean(cold), _mean(warm_same), _mean(warm_switch)
+    return {
+        "setting": name,
+        "games": len(games),
+        "task_types": sorted({g.task_type for g in games}),
+        "receptacles_mean": _mean([s["receptacles"] for s in sizes]),
+        "receptacles_range": [min(s["receptacles"] for s in sizes), max(s["receptacles"] for s in sizes)],
+        "objects_mean": _mean([s["objects"] for s in sizes]),
+        "env_build_s": build_s,
+        "reset_cold": _summary(cold),
+        "reset_warm_same": _summary(warm_same),
+        "reset_warm_switch": _summary(warm_switch),
+        "cold_over_warm_same": cold_mean / same_mean,
+        "cold_over_warm_switch": cold_mean / switch_mean,
+        "warm_switch_cache": {"misses": switch_misses, "hits": switch_hits},
+        "play": play,
+        "per_game": per_game,
+    }
+
+
+# -- TextWorldExpress -----------------------------------------------------------------------------------------------
+
+
+def bench_twx(n_games: int, args, rng: random.Random) -> dict:
+    from agentprm.envs.twx import TWXEnv, twx_games
+
+    games = twx_games("twc", "train", range(n_games))
+    env = TWXEnv()
+    t = time.perf_counter()
+    env.reset(games[0])  # JVM start + first game
+    first_s = time.perf_counter() - t
+
+    first_time, same, switch = [], [], []
+    for game in games[1:]:
+        t = time.perf_counter()
+        env.reset(game)
+        first_time.append(time.perf_counter() - t)
+    for game in games:
+        for _ in range(args.warm_repeats):
+            t = time.perf_counter()
+            env.reset(game)
+            same.append(time.perf_counter() - t)
+    for _ in range(args.warm_repeats):
+        for game in games:
+            t = time.perf_counter()
+            env.reset(game)
+            switch.append(time.perf_counter() - t)
+
+    play = play_random(env, games, args.steps, args.max_episode_steps, rng)
+    env.close()
+    return {
+        "setting": "twx-twc",
+        "games": len(games),
+        "game_ids": [g.game_id for g in games],
+        "params": "",
+        "first_reset_with_jvm_start_s": first_s,
+        "reset_first_time": _summary(first_time),
+        "reset_same_game_again": _summary(same),
+        "reset_switch_game": _summary(switch),
+        "play": play,
+    }
+
+
+# -- report ---------------------------------------------------------------------------------------------------------
+
+
+def _ms(x) -> str:
+    return "-" if x is None else f"{1000 * x:.1f}"
+
+
+def table(results: dict) -> str:
+    rows = [("setting", "games", "recep.", "steps/s", "ms/step", "cold ms", "warm same ms", "warm switch ms",
+             "cold/same", "cold/switch")]
+    for key in SETTINGS:
+        r = results["settings"].get(key)
+        if r is None:
+            continue
+        play = r["play"]
+        if key.startswith("alfworld"):
+            rows.append((key, str(r["games"]), f"{r['receptacles_mean']:.1f}", f"{play['steps_per_s']:.1f}",
+                         _ms(play["step"]["mean_s"]), _ms(r["reset_cold"]["mean_s"]),
+                         _ms(r["reset_warm_same"]["mean_s"]), _ms(r["reset_warm_switch"]["mean_s"]),
+                         f"{r['cold_over_warm_same']:.1f}x", f"{r['cold_over_warm_switch']:.1f}x"))
+        else:
+            rows.append((key, str(r["games"]), "-", f"{play['steps_per_s']:.1f}", _ms(play["step"]["mean_s"]),
+                         _ms(r["reset_first_time"]["mean_s"]), _ms(r["reset_same_game_again"]["mean_s"]),
+                         _ms(r["reset_switch_game"]["mean_s"]), "-", "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    notes = [
+        "cold = clear_memory() + load + reset (translation by fast-downward); warm same = reset of the loaded game;",
+        "warm switch = reset of a game loaded earlier (reload, translation from the cache).",
+        "TWX: 'cold' column = first reset of a seed (JVM already up), then same seed again, then switching seeds.",
+    ]
+    return "\n".join(lines + [""] + notes)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--games-small", type=int, default=12, help="ALFWorld games with max_receptacles=6")
+    parser.add_argument("--games-real", type=int, default=6, help="ALFWorld games with the whole floor plan")
+    parser.add_argument("--games-twx", type=int, default=10, help="TWX twc games (train seeds 0..N-1)")
+    parser.add_argument("--steps", type=int, default=300, help="env.step calls per setting")
+    parser.add_argument("--max-episode-steps", type=int, default=30)
+    parser.add_argument("--warm-repeats", type=int, default=3, help="warm resets per game and case")
+    parser.add_argument("--seed", type=int, default=0, help="game generation and random-action seed")
+    parser.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated subset of " + ",".join(SETTINGS))
+    parser.add_argument("--out", default="benchmarks/results/env_throughput.json")
+    args = parser.parse_args(argv)
+    wanted = [s.strip() for s in args.settings.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in SETTINGS]
+    if unknown:
+        parser.error(f"unknown settings {unknown}; expected some of {SETTINGS}")
+
+    t_start = time.perf_counter()
+    results: dict = {
+        "benchmark": "env_throughput",
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": "PYTHONPATH=src python " + shlex.join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine_info(),
+        "config": vars(args),
+        "generation": {},
+        "settings": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="agentprm-bench-") as tmp:
+        for key, n, max_rec in (("alfworld-small", args.games_small, 6), ("alfworld-real", args.games_real, 0)):
+            if key not in wanted or n <= 0:
+                continue
+            print(f"[{key}] generating {n} games (max_receptacles={max_rec}, seed={args.seed}) ...", flush=True)
+            games, manifest, gen_s = generate(Path(tmp) / key, n, args.seed, max_rec)
+            results["generation"][key] = {"seconds": gen_s, "max_receptacles": max_rec, "counts": manifest["counts"],
+                                          "expert_rejected_candidates": manifest["expert_rejected_candidates"]}
+            print(f"[{key}] generated in {gen_s:.1f}s; benchmarking ...", flush=True)
+            results["settings"][key] = bench_alfworld(key, games, args, random.Random(f"{args.seed}/{key}"))
+    if "twx-twc" in wanted and args.games_twx > 0:
+        print("[twx-twc] benchmarking ...", flush=True)
+        results["settings"]["twx-twc"] = bench_twx(args.games_twx, args, random.Random(f"{args.seed}/twx-twc"))
+    results["wall_time_s"] = time.perf_counter() - t_start
+
+    print()
+    print(table(results))
+    print(f"\nwall time {results['wall_time_s']:.0f}s")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"saved {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""ALFWorld backend and offline generator, on the real engine."""
+
+import filecmp
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from agentprm.envs.alfworld import AlfworldEnv, alfworld_games, run_expert, split_intro
+from agentprm.envs.alfworld_assets import TASK_TYPES, assets, mangle
+from agentprm.envs.alfworld_build import generate_games, read_manifest
+from agentprm.envs.base import EnvError
+from agentprm.envs.registry import list_games
+
+from conftest import SESSION_COUNTS
+
+
+def test_mangle_matches_alfred():
+    assert mangle("Apple|+01.00|+00.90|-01.50") == "Apple_bar__plus_01_dot_00_bar__plus_00_dot_90_bar__minus_01_dot_50"
+    assert mangle("loc|-4|8|1|30") == "loc_bar__minus_4_bar_8_bar_1_bar_30"
+    assert mangle("?r # receptacle") == "?r - receptacle"
+
+
+def test_manifest_counts_every_task_type_in_every_split(alfworld_root):
+    root, manifest = alfworld_root
+    assert manifest == read_manifest(root)
+    assert manifest["alfworld_version"] == "0.4.2"
+    assert manifest["seed"] == 7
+    for split, total in SESSION_COUNTS.items():
+        assert manifest["totals"][split] == total
+        assert manifest["counts"][split] == {task_type: 1 for task_type in TASK_TYPES}
+
+
+@pytest.mark.parametrize("split", ["train", "valid_seen", "valid_unseen"])
+def test_expert_solves_every_generated_game(alfworld_root, split):
+    root, _ = alfworld_root
+    games = alfworld_games(root, split)
+    assert sorted(g.task_type for g in games) == sorted(TASK_TYPES)
+    with AlfworldEnv(expert="handcoded") as env:
+        for game in games:
+            won, commands = run_expert(env, game, max_steps=50)
+            assert won, f"expert failed {game.game_id} after {commands}"
+
+
+def test_unseen_split_uses_only_held_out_floor_plans(alfworld_root):
+    root, _ = alfworld_root
+    a = assets()
+    scenes = {}
+    for split in ("train", "valid_seen", "valid_unseen"):
+        scenes[split] = {
+            json.loads((Path(g.source).parent / "traj_data.json").read_text())["scene"]["scene_num"]
+            for g in alfworld_games(root, split)
+        }
+    assert scenes["valid_unseen"] <= set(a.test_scenes)
+    assert not scenes["valid_unseen"] & set(a.train_scenes)
+    assert (scenes["train"] | scenes["valid_seen"]) <= set(a.train_scenes)
+
+
+def test_same_seed_gives_byte_identical_games(tmp_path, alfworld_root):
+    root, _ = alfworld_root
+    again = tmp_path / "again"
+    generate_games(again, seed=7, counts={"valid_unseen": 6}, workers=1, progress=False)
+    left, right = root / "json_2.1.1" / "valid_unseen", again / "json_2.1.1" / "valid_unseen"
+    files = sorted(p.relative_to(left) for p in left.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(right) for p in right.rglob("*") if p.is_file())
+    match, mismatch, errors = filecmp.cmpfiles(left, right, [str(f) for f in files], shallow=False)
+    assert not mismatch and not errors and len(match) == len(files)
+
+    other = tmp_path / "other"
+    generate_games(other, seed=8, counts={"valid_unseen": 6}, workers=1, progress=False)
+    other_problems = {p.read_text() for p in (other / "json_2.1.1").rglob("game.tw-pddl")}
+    assert other_problems.isdisjoint({p.read_text() for p in left.rglob("game.tw-pddl")})
+
+
+def test_game_files_follow_alfworld_layout(alfworld_root):
+    root, _ = alfworld_root
+    game = alfworld_games(root, "train")[0]
+    folder = Path(game.source).parent
+    data = json.loads((folder / "game.tw-pddl").read_text())
+    assert set(data) == {"pddl_domain", "grammar", "pddl_problem", "solvable", "walkthrough"}
+    traj = json.loads((folder / "traj_data.json").read_text())
+    sentence = traj["turk_annotations"]["anns"][0]["task_desc"]
+    assert f"Your task is to: {sentence}." in data["grammar"]
+    assert set(traj["pddl_params"]) >= {"object_target", "parent_target", "toggle_target", "mrecep_target"}
+    assert folder.parent.parent.name == "train" and folder.parent.parent.parent.name == "json_2.1.1"
+
+
+def test_alfworlds_own_loader_reads_generated_games(alfworld_root):
+    """ALFWorld's batch loader (AlfredTWEnv) finds and plays the folders we write, expert included."""
+    from alfworld.agents.environment.alfred_tw_env import AlfredTWEnv
+
+    root, _ = alfworld_root
+    config = {
+        "dataset": {"data_path": str(root / "json_2.1.1" / "train"), "eval_id_data_path": "", "eval_ood_data_path": "",
+                    "num_train_games": -1, "num_eval_games": -1},
+        "env": {"task_types": [1, 2, 3, 4, 5, 6], "goal_desc_human_anns_prob": 0.0, "domain_randomization": False,
+                "expert_type": "handcoded"},
+        "general": {"training_method": "dagger"},
+        "dagger": {"training": {"max_nb_steps_per_episode": 50}},
+    }
+    loader = AlfredTWEnv(config, train_eval="train")
+    assert loader.num_games == SESSION_COUNTS["train"]
+    env = loader.init_env(batch_size=1)
+    try:
+        obs, infos = env.reset()
+        assert "Your task is to: " in obs[0]
+        assert infos["admissible_commands"][0] and infos["extra.expert_plan"][0]
+        obs, _, _, infos = env.step([infos["extra.expert_plan"][0][0]])
+        assert obs[0] != "Nothing happens."
+    finally:
+        env.close()
+
+
+def test_first_observation_splits_room_and_task(alfworld_root):
+    root, _ = alfworld_root
+    game = alfworld_games(root, "train", task_types=["pick_and_place_simple"])[0]
+    with AlfworldEnv() as env:
+        obs = env.reset(game)
+    assert obs.text.startswith("You are in the middle of a room.")
+    assert obs.task.startswith("put ") and obs.task.endswith(".")
+    assert obs.task_type == "pick_and_place_simple"
+    assert all(a == a.strip() for a in obs.admissible_actions) and "look" in obs.admissible_actions
+    assert split_intro("-= Welcome to TextWorld, ALFRED! =-\n\nRoom.\n\nYour task is to: put a x in y.") == (
+        "Room.", "put a x in y.")
+
+
+def test_warm_reset_does_not_translate_again(alfworld_root):
+    root, _ = alfworld_root
+    first, second = alfworld_games(root, "valid_seen")[:2]
+    with AlfworldEnv() as env:
+        env.cache.clear_memory()
+        env.reset(first)
+        misses = env.cache.misses
+        env.reset(first)  # same game again
+        env.reset(second)
+        misses_after_second = env.cache.misses
+        env.reset(first)  # switching back reloads the game, but the translation comes from the cache
+        assert env.cache.misses == misses_after_second
+        assert misses_after_second > misses
+
+
+def test_disk_cache_survives_a_new_process_state(tmp_path, alfworld_root):
+    root, _ = alfworld_root
+    game = alfworld_games(root, "valid_unseen")[0]
+    with AlfworldEnv(cache_dir=tmp_path / "cache") as env:
+        env.reset(game)
+        assert list((tmp_path / "cache").glob("*.pkl"))
+        env.cache.clear_memory()
+        misses = env.cache.misses
+        env.close()
+        obs = env.reset(game)
+        assert env.cache.misses == misses and obs.admissible_actions
+    env.cache.disk_dir = None  # the cache is process-wide: leave it as other tests expect
+
+
+@pytest.fixture(scope="module")
+def fuzz_env(alfworld_root):
+    root, _ = alfworld_root
+    game = alfworld_games(root, "train", task_types=["pick_heat_then_place_in_recep"])[0]
+    env = AlfworldEnv()
+    env.reset(game)
+    yield env, game
+    env.close()
+
+
+@settings(max_examples=80, deadline=None)
+@given(command=st.one_of(
+    st.text(alphabet=st.characters(exclude_categories=())),
+    st.sampled_from(["", " ", "x" * 10000, "go to\nlook", "\x00", "☕ café", "go to nowhere 99", "take"]),
+))
+def test_any_command_is_a_step_and_never_crashes(fuzz_env, command):
+    env, game = fuzz_env
+    before = env.reset(game)
+    step = env.step(command)
+    if command.strip() not in before.admissible_actions:
+        assert step.observation.text == "Nothing happens."
+        assert step.observation.admissible_actions == before.admissible_actions
+    assert not step.won and step.reward == 0.0
+    follow = env.step("look")  # the episode goes on
+    assert follow.observation.text != "Nothing happens."
+
+
+def test_expert_gives_up_cleanly_off_its_path(alfworld_root):
+    root, _ = alfworld_root
+    game = alfworld_games(root, "train", task_types=["pick_and_place_simple"])[0]
+    with AlfworldEnv(expert="handcoded") as env:
+        env.reset(game)
+        for _ in range(5):
+            env.step("not a command")
+        action = env.expert_action()
+        assert action is None or action in env.step("look").observation.admissible_actions
+
+
+def test_clear_errors_for_bad_requests(tmp_path, alfworld_root, monkeypatch):
+    root, _ = alfworld_root
+    with pytest.raises(EnvError, match="Unknown ALFWorld task type"):
+        alfworld_games(root, "train", task_types=["juggle"])
+    with pytest.raises(EnvError, match="Unknown ALFWorld split"):
+        alfworld_games(root, "test")
+    with pytest.raises(EnvError, match="agentprm games alfworld"):
+        alfworld_games(tmp_path / "nothing", "train")
+    monkeypatch.delenv("ALFWORLD_DATA", raising=False)
+    with pytest.raises(EnvError, match="ALFWORLD_DATA"):
+        alfworld_games(None, "train")
+    with pytest.raises(EnvError, match="Unknown environment"):
+        list_games("nethack", "train")
+    with pytest.raises(EnvError, match="step\\(\\) before reset"):
+        AlfworldEnv().step("look")
+
+
+def test_alfworld_data_variable_points_at_a_game_set(alfworld_root, monkeypatch):
+    """With ALFWORLD_DATA set (as for the official data), games are found with no other change."""
+    root, _ = alfworld_root
+    monkeypatch.setenv("ALFWORLD_DATA", str(root))
+    games = list_games("alfworld", "unseen")
+    assert len(games) == SESSION_COUNTS["valid_unseen"] and all(g.split == "valid_unseen" for g in games)
