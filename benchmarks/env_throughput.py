@@ -30,6 +30,7 @@ Usage (from the repository root):
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime as _dt
 import importlib.metadata
 import json
@@ -38,6 +39,7 @@ import platform
 import random
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -74,6 +76,51 @@ def _version(name: str) -> str | None:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+class PhaseTimers:
+    """Time spent inside a few engine functions, to say where a reset's time goes.
+
+    ``translate``: fast-downward's PDDL-to-SAS translation (cache misses only); ``grammar_parse``: TextWorld's
+    ``GameLogic`` construction on ``load`` (tatsu parse of the game's grammar); ``text_derive``: TextWorld's grammar
+    derivations (the intro text and every admissible command; re-parses each template with tatsu). The wrappers
+    are plain perf_counter calls around the originals and are removed by ``close()``.
+    """
+
+    def __init__(self, cache):
+        import textworld.envs.pddl.logic as tw_logic
+        from textworld.envs.pddl.textgen import ContextSensitiveGrammar
+
+        self.totals = {"translate": 0.0, "grammar_parse": 0.0, "text_derive": 0.0}
+        self._undo = []
+        self._wrap(cache, "_translate", "translate", instance=True)
+        self._wrap(tw_logic, "GameLogic", "grammar_parse")
+        self._wrap(ContextSensitiveGrammar, "derive", "text_derive")
+
+    def _wrap(self, owner, attr, label, instance=False):
+        original = getattr(owner, attr)
+        totals = self.totals
+
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                totals[label] += time.perf_counter() - t
+
+        setattr(owner, attr, timed)
+        self._undo.append((owner, attr, original if instance or not isinstance(owner, type) else owner.__dict__[attr]))
+
+    def snapshot(self) -> dict:
+        return dict(self.totals)
+
+    def since(self, before: dict, n: int) -> dict:
+        return {f"{k}_mean_s": (self.totals[k] - before[k]) / n for k in self.totals}
+
+    def close(self) -> None:
+        for owner, attr, original in reversed(self._undo):
+            setattr(owner, attr, original)
+        self._undo.clear()
 
 
 def machine_info() -> dict:
@@ -167,7 +214,6 @@ def bench_alfworld(name: str, games: list[Game], args, rng: random.Random) -> di
 
     cache = pddl_cache.install()
     cache.disk_dir = None  # no disk layer: every miss is a real translation
-    assert cache.disk_dir is None
 
     t = time.perf_counter()
     env = AlfworldEnv(expert=None)
@@ -176,64 +222,112 @@ def bench_alfworld(name: str, games: list[Game], args, rng: random.Random) -> di
 
     sizes = [_problem_size(g) for g in games]
     per_game = []
+    timers = PhaseTimers(cache)
+    try:
+        # Cold: nothing of this game in memory (the generator translated every game: clear the cache first).
+        cold, warm_same = [], []
+        cold_phases = {k: 0.0 for k in timers.totals}
+        same_phases = {k: 0.0 for k in timers.totals}
+        for game in games:
+            cache.clear_memory()
+            misses0, hits0 = cache.misses, cache.hits
+            before = timers.snapshot()
+            t = time.perf_counter()
+            env.reset(game)
+            cold_s = time.perf_counter() - t
+            for k, v in timers.since(before, 1).items():
+                cold_phases[k[: -len("_mean_s")]] += v
+            cold_misses, cold_hits = cache.misses - misses0, cache.hits - hits0
+            cold.append(cold_s)
+            same = []
+            misses0 = cache.misses
+            before = timers.snapshot()
+            for _ in range(args.warm_repeats):
+                t = time.perf_counter()
+                env.reset(game)
+                same.append(time.perf_counter() - t)
+            for k, v in timers.since(before, 1).items():
+                same_phases[k[: -len("_mean_s")]] += v
+            if cache.misses != misses0:
+                raise RuntimeError("a reset of the loaded game translated again: the cache is not used")
+            warm_same.extend(same)
+            per_game.append({"game_id": game.game_id, "task_type": game.task_type, **sizes[len(per_game)],
+                             "cold_s": cold_s, "cold_cache_misses": cold_misses, "cold_cache_hits": cold_hits,
+                             "warm_same_mean_s": _mean(same)})
 
-    # Cold: nothing of this game in memory (the generator translated every game: clear the cache first).
-    cold, warm_same = [], []
-    for game in games:
-        cache.clear_memory()
+        # Warm, switch back: load every game once (untimed) so that all translations are in memory, then reset
+        # each game in turn: every reset follows a different game, so the env reloads the file.
+        for game in games:
+            env.reset(game)
+        warm_switch = []
         misses0, hits0 = cache.misses, cache.hits
-        t = time.perf_counter()
-        env.reset(game)
-        cold_s = time.perf_counter() - t
-        cold_misses, cold_hits = cache.misses - misses0, cache.hits - hits0
-        cold.append(cold_s)
-        same = []
-        misses0 = cache.misses
+        before = timers.snapshot()
         for _ in range(args.warm_repeats):
-            t = time.perf_counter()
-            env.reset(game)
-            same.append(time.perf_counter() - t)
-        assert cache.misses == misses0, "a warm reset translated again"
-        warm_same.extend(same)
-        per_game.append({"game_id": game.game_id, "task_type": game.task_type, **sizes[len(per_game)],
-                         "cold_s": cold_s, "cold_cache_misses": cold_misses, "cold_cache_hits": cold_hits,
-                         "warm_same_mean_s": _mean(same)})
+            for k, game in enumerate(games):
+                t = time.perf_counter()
+                env.reset(game)
+                dt = time.perf_counter() - t
+                warm_switch.append(dt)
+                per_game[k].setdefault("warm_switch_s", []).append(dt)
+        switch_phases = timers.since(before, len(warm_switch))
+        switch_misses, switch_hits = cache.misses - misses0, cache.hits - hits0
+        if len(games) > 1 and switch_misses:
+            raise RuntimeError(f"{switch_misses} translations missed the cache on switch-back resets")
+        for row in per_game:
+            row["warm_switch_mean_s"] = _mean(row.pop("warm_switch_s"))
 
-    # Warm, switch back: every game is in the cache; each reset follows a different game, so the env reloads.
-    warm_switch = []
-    misses0, hits0 = cache.misses, cache.hits
-    for rep in range(args.warm_repeats):
-        for k, game in enumerate(games):
-            t = time.perf_counter()
-            env.reset(game)
-            dt = time.perf_counter() - t
-            warm_switch.append(dt)
-            per_game[k].setdefault("warm_switch_s", []).append(dt)
-    switch_misses, switch_hits = cache.misses - misses0, cache.hits - hits0
-    for row in per_game:
-        row["warm_switch_mean_s"] = _mean(row.pop("warm_switch_s"))
-
-    play = play_random(env, games, args.steps, args.max_episode_steps, rng)
-    env.close()
+        play = play_random(env, games, args.steps, args.max_episode_steps, rng)
+        play["time_in_text_derive_s"] = timers.totals["text_derive"] - before["text_derive"]
+    finally:
+        timers.close()
+        env.close()
 
     cold_mean, same_mean, switch_mean = _mean(cold), _mean(warm_same), _mean(warm_switch)
+    n_same = len(warm_same)
     return {
         "setting": name,
         "games": len(games),
-        "task_types": sorted({g.task_type for g in games}),
+        "task_types": dict(sorted(collections.Counter(g.task_type for g in games).items())),
         "receptacles_mean": _mean([s["receptacles"] for s in sizes]),
         "receptacles_range": [min(s["receptacles"] for s in sizes), max(s["receptacles"] for s in sizes)],
         "objects_mean": _mean([s["objects"] for s in sizes]),
         "env_build_s": build_s,
-        "reset_cold": _summary(cold),
-        "reset_warm_same": _summary(warm_same),
-        "reset_warm_switch": _summary(warm_switch),
+        "reset_cold": {**_summary(cold), "phases": {f"{k}_mean_s": v / len(cold) for k, v in cold_phases.items()}},
+        "reset_warm_same": {**_summary(warm_same),
+                            "phases": {f"{k}_mean_s": v / n_same for k, v in same_phases.items()}},
+        "reset_warm_switch": {**_summary(warm_switch), "phases": switch_phases},
         "cold_over_warm_same": cold_mean / same_mean,
-        "cold_over_warm_switch": cold_mean / switch_mean,
+        "cold_over_warm_switch": cold_mean / switch_mean if len(games) > 1 else None,
         "warm_switch_cache": {"misses": switch_misses, "hits": switch_hits},
         "play": play,
         "per_game": per_game,
     }
+
+
+def fresh_process_probe(games: list[Game], n: int) -> list[dict]:
+    """Cold resets in a brand-new Python process (nothing imported, no cache): import+build, then ``n`` resets."""
+    sources = [g.source for g in games[:n]]
+    code = (
+        "import json, sys, time\n"
+        "t0 = time.perf_counter()\n"
+        "from agentprm.envs.alfworld import AlfworldEnv\n"
+        "from agentprm.envs.base import Game\n"
+        "env = AlfworldEnv(expert=None)\n"
+        "env.cache.disk_dir = None\n"
+        "env._env = env._build()\n"
+        "t1 = time.perf_counter()\n"
+        "resets = []\n"
+        "for src in sys.argv[1:]:\n"
+        "    t = time.perf_counter(); env.reset(Game('alfworld', src, src, 'train', '')); "
+        "resets.append(time.perf_counter() - t)\n"
+        "print(json.dumps({'import_and_build_s': t1 - t0, 'resets_s': resets, 'misses': env.cache.misses}))\n"
+    )
+    env_vars = dict(os.environ)
+    env_vars["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1] / "src"),
+                                                          env_vars.get("PYTHONPATH")]))
+    out = subprocess.run([sys.executable, "-c", code, *sources], capture_output=True, text=True, env=env_vars,
+                         check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 # -- TextWorldExpress -----------------------------------------------------------------------------------------------

@@ -113,15 +113,19 @@ class AlfworldEnv:
     """One ALFWorld episode at a time, following the ``TextEnv`` protocol.
 
     ``expert``: None (no expert, fastest), "handcoded" or "planner". ``cache_dir``: optional folder for the on-disk
-    translation cache shared by processes.
+    translation cache shared by processes. ``expert_seed``: the handcoded expert breaks loops with the global
+    ``random`` module; each environment gives it a private stream, restarted from this seed at every reset, so an
+    expert episode is the same whether it runs alone or interleaved with other environments in one process.
     """
 
     name = "alfworld"
 
-    def __init__(self, expert: str | None = None, cache_dir: str | os.PathLike | None = None):
+    def __init__(self, expert: str | None = None, cache_dir: str | os.PathLike | None = None, expert_seed: int = 0):
         if expert is not None and expert not in EXPERTS:
             raise EnvError(f"Unknown ALFWorld expert {expert!r}; expected one of {EXPERTS} or None")
         self.expert = expert
+        self.expert_seed = expert_seed
+        self._expert_random = random.Random(expert_seed).getstate()
         self.cache = pddl_cache.install(cache_dir)
         self._env = None
         self._loaded_source: str | None = None
@@ -155,7 +159,8 @@ class AlfworldEnv:
             self._loaded_source = game.source
         self._game = game
         self._expert_failed = False
-        self._state = self._env.reset()
+        self._expert_random = random.Random(self.expert_seed).getstate()
+        self._state = self._with_expert_random(self._env.reset)
         room, self._task = split_intro(self._state.feedback)
         return self._observation(room)
 
@@ -164,7 +169,7 @@ class AlfworldEnv:
             raise EnvError("step() before reset(): reset the environment to a game first")
         command = sanitize_command(action)
         try:
-            state, _, _ = self._env.step(command)
+            state, _, _ = self._with_expert_random(self._env.step, command)
         except Exception:
             # Only the expert wrapper raises (the handcoded expert's step budget ran out); the game went on.
             self._expert_failed = True
@@ -174,6 +179,18 @@ class AlfworldEnv:
         self._state = state
         won = bool(state["won"])
         return Step(self._observation(state.feedback), reward=1.0 if won else 0.0, done=won, won=won)
+
+    def _with_expert_random(self, call, *args):
+        """Run ``call`` with the global ``random`` state swapped for this environment's expert stream."""
+        if not self.expert:
+            return call(*args)
+        outside = random.getstate()
+        random.setstate(self._expert_random)
+        try:
+            return call(*args)
+        finally:
+            self._expert_random = random.getstate()
+            random.setstate(outside)
 
     def _observation(self, text: str) -> Observation:
         state = self._state
@@ -212,13 +229,8 @@ def env_version() -> str:
     return alfworld_version()
 
 
-def run_expert(env: AlfworldEnv, game: Game, max_steps: int, seed: int = 0) -> tuple[bool, list[str]]:
-    """Play ``game`` with the environment's expert for at most ``max_steps``; return (won, commands).
-
-    The handcoded expert breaks loops with Python's global ``random``; it is seeded here so that checks and
-    demonstrations are reproducible.
-    """
-    random.seed(seed)
+def run_expert(env: AlfworldEnv, game: Game, max_steps: int) -> tuple[bool, list[str]]:
+    """Play ``game`` with the environment's expert for at most ``max_steps``; return (won, commands)."""
     env.reset(game)
     commands: list[str] = []
     for _ in range(max_steps):

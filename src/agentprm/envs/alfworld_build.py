@@ -4,8 +4,9 @@ Game ``i`` of split ``s`` is drawn from ``random.Random(f"{seed}/{s}/{i}/{attemp
 so the same seed gives byte-identical files whatever the number of worker processes. A candidate the handcoded
 expert does not solve within ``max_expert_steps`` is replaced by the next attempt; the manifest counts replacements
 per split so that the filter's effect is visible. The expert is not deterministic (it picks a random admissible
-action to break a loop): it is seeded with ``EXPERT_SEED``, the seed ``run_expert`` and the demonstrations use, so
-"solvable" means "solved by the expert as the demonstrations run it". Pick-two games are the ones it fails most.
+action to break a loop): its stream is seeded with ``EXPERT_SEED``, the default of ``AlfworldEnv`` and so of the
+demonstrations, so "solvable" means "solved by the expert as the demonstrations run it". Pick-two games are the
+ones it fails most.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ _worker_env: AlfworldEnv | None = None
 def _expert_env() -> AlfworldEnv:
     global _worker_env
     if _worker_env is None:
-        _worker_env = AlfworldEnv(expert="handcoded")
+        _worker_env = AlfworldEnv(expert="handcoded", expert_seed=EXPERT_SEED)
     return _worker_env
 
 
@@ -83,7 +84,7 @@ def build_one(job: BuildJob) -> BuiltGame:
             (trial / "game.tw-pddl").write_text(game_text)
             (trial / "traj_data.json").write_text(traj_text)
             game = Game("alfworld", trial.name, str(trial / "game.tw-pddl"), job.split, job.task_type)
-            won, commands = run_expert(_expert_env(), game, job.max_expert_steps, seed=EXPERT_SEED)
+            won, commands = run_expert(_expert_env(), game, job.max_expert_steps)
             if won:
                 folder = f"{job.split}/{spec.folder_name()}/trial_s{job.seed}_{job.index:05d}"
                 files = {"game.tw-pddl": game_text, "traj_data.json": traj_text}

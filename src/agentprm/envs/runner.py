@@ -10,10 +10,10 @@ Each worker builds its own environments with ``make_env`` so only plain data (ga
 crosses the Pipes. A request is sent to every involved worker before any reply is read, so workers run in parallel.
 ``workers=0`` runs the same slots in this process, which is simpler to debug and has no start-up cost.
 
-Determinism: ALFWorld's handcoded expert draws from Python's global ``random``. Each slot therefore owns a private
-global-random state, seeded from the game id at reset and swapped in around every call on that slot, so a slot's
-trajectory depends only on its game and actions, never on which other slots share its process. Together with
-:func:`random_admissible_policy` (one RNG per (seed, game, step)) results are identical for any worker count.
+Determinism: an environment's answers depend only on its game and the actions taken (ALFWorld's handcoded expert,
+which draws from the global ``random``, gets a private stream restarted at every reset by ``AlfworldEnv``), and which
+slot plays which game is decided in the parent alone. With a policy whose choice depends only on its input, such as
+:func:`random_admissible_policy` (one RNG per (seed, game, step)), results are identical for any worker count.
 
 Failures: an exception in a worker comes back as text and is raised as ``EnvError`` naming the slot and game; a
 worker that exits is noticed by polling with a timeout while checking ``is_alive``, so the parent never hangs.
@@ -66,42 +66,31 @@ Policy = Callable[[list[PolicyInput]], list[str]]
 
 
 class _Slots:
-    """Environments of the slots owned by one process, each with its own global-``random`` state (see module doc)."""
+    """The environments of the slots owned by one process; errors are re-raised naming the slot and its game."""
 
     def __init__(self, name: str, env_options: dict[str, Any], slots: Iterable[int]):
         self.envs: dict[int, TextEnv] = {slot: make_env(name, **dict(env_options)) for slot in slots}
-        self.games: dict[int, Game | None] = {slot: None for slot in self.envs}
-        self.rng_states: dict[int, Any] = {slot: random.getstate() for slot in self.envs}
+        self.games: dict[int, Game] = {}
 
-    def _call(self, slot: int, game: Game | None, fn: Callable[[TextEnv], Any]) -> Any:
-        if slot not in self.envs:
-            raise EnvError(f"No slot {slot} in this pool")
-        outer = random.getstate()  # the caller's global random stream is left as it was
-        random.setstate(self.rng_states[slot])
+    def handle(self, command: str, payload: dict[int, Any]) -> dict[int, Any]:
+        """``payload`` maps slot -> Game ("reset"), action ("step") or None ("expert")."""
+        results = {}
+        for slot, arg in payload.items():
+            if command == "reset":
+                self.games[slot] = arg
+            results[slot] = self._call(slot, command, arg)
+        return results
+
+    def _call(self, slot: int, command: str, arg: Any) -> Any:
+        env = self.envs[slot]
         try:
-            return fn(self.envs[slot])
+            if command == "reset":
+                return env.reset(arg)
+            return env.step(arg) if command == "step" else env.expert_action()
         except Exception as error:
-            game_id = game.game_id if game else "<no game>"
+            game = self.games.get(slot)
+            game_id = game.game_id if game else "<none>"
             raise EnvError(f"slot {slot} (game {game_id}): {type(error).__name__}: {error}") from error
-        finally:
-            self.rng_states[slot] = random.getstate()
-            random.setstate(outer)
-
-    def handle(self, command: str, payload: Any) -> dict[int, Any]:
-        if command == "reset":
-            return {slot: self._reset(slot, game) for slot, game in payload.items()}
-        if command == "step":
-            return {slot: self._call(slot, self.games.get(slot), lambda env: env.step(a)) for slot, a in payload.items()}
-        if command == "expert":
-            return {slot: self._call(slot, self.games.get(slot), lambda env: env.expert_action()) for slot in payload}
-        raise EnvError(f"Unknown pool command {command!r}")
-
-    def _reset(self, slot: int, game: Game) -> Observation:
-        if slot in self.rng_states:
-            # Seeding with a string is stable across processes (it does not use hash()).
-            self.rng_states[slot] = random.Random(f"slot-rng/{game.game_id}").getstate()
-        self.games[slot] = game
-        return self._call(slot, game, lambda env: env.reset(game))
 
     def close(self) -> None:
         for env in self.envs.values():
@@ -126,7 +115,7 @@ def _worker_main(conn, name: str, env_options: dict[str, Any], slots: list[int])
             try:
                 command, payload = conn.recv()
             except EOFError:  # the parent is gone
-                return
+                command = "close"
             if command == "close":
                 return
             try:
@@ -196,7 +185,11 @@ class EnvPool:
         return value
 
     def _request(self, command: str, payload: dict[int, Any]) -> dict[int, Any]:
-        self._check_slots(payload)
+        if self._local is None and not self._procs:
+            raise EnvError("The pool is closed")
+        bad = [slot for slot in payload if not 0 <= slot < self.num_envs]
+        if bad:
+            raise EnvError(f"Slots {bad} out of range: the pool has slots 0..{self.num_envs - 1}")
         if self._local is not None:
             return self._local.handle(command, payload)
         shares: dict[int, dict[int, Any]] = {}
@@ -218,13 +211,6 @@ class EnvPool:
             raise first_error
         return {slot: results[slot] for slot in payload}
 
-    def _check_slots(self, slots: Iterable[int]) -> None:
-        if self._local is None and not self._procs:
-            raise EnvError("The pool is closed")
-        bad = [slot for slot in slots if not 0 <= slot < self.num_envs]
-        if bad:
-            raise EnvError(f"Slots {bad} out of range: the pool has slots 0..{self.num_envs - 1}")
-
     # -- API ---------------------------------------------------------------------------------------------------------
 
     def reset(self, slot_games: dict[int, Game]) -> dict[int, Observation]:
@@ -243,10 +229,10 @@ class EnvPool:
         if self._local is not None:
             self._local.close()
             self._local = None
-        for conn, proc in zip(self._conns, self._procs):
+        for conn in self._conns:
             try:
                 conn.send(("close", None))
-            except OSError:
+            except OSError:  # already dead
                 pass
         for conn, proc in zip(self._conns, self._procs):
             proc.join(timeout=10)
@@ -286,6 +272,8 @@ def run_episodes(
     An episode ends when the environment says done or after ``max_steps`` steps; its slot then takes the next game.
     ``on_episode`` is called as each episode finishes. ``need_expert`` fills ``PolicyInput.expert_action``.
     """
+    if max_steps < 1:
+        raise EnvError(f"max_steps must be >= 1, got {max_steps}")
     queue = deque(enumerate(games))
     results: list[EpisodeResult | None] = [None] * len(games)
     live: dict[int, _Live] = {}
@@ -298,16 +286,10 @@ def run_episodes(
             on_episode(episode.result)
 
     def refill(slots: Iterable[int]) -> None:
-        while True:  # loop because max_steps <= 0 ends episodes right at reset
-            assigned = {slot: queue.popleft() for slot in slots if queue}
-            if not assigned:
-                return
-            observations = pool.reset({slot: game for slot, (_, game) in assigned.items()})
-            for slot, (index, game) in assigned.items():
-                live[slot] = _Live(index, EpisodeResult(game), observations[slot])
-            slots = [slot for slot in sorted(assigned) if max_steps <= 0]
-            for slot in slots:
-                finish(slot)
+        assigned = {slot: queue.popleft() for slot in slots if queue}
+        observations = pool.reset({slot: game for slot, (_, game) in assigned.items()}) if assigned else {}
+        for slot, (index, game) in assigned.items():
+            live[slot] = _Live(index, EpisodeResult(game), observations[slot])
 
     refill(range(pool.num_envs))
     while live:
@@ -342,21 +324,18 @@ def _record(episode: _Live, action: str, step: Step, max_steps: int) -> bool:
 # -- ready-made policies ---------------------------------------------------------------------------------------------
 
 
-class random_admissible_policy:  # noqa: N801 -- used like a function: policy = random_admissible_policy(seed)
-    """Uniform over admissible actions; each choice is drawn from an RNG seeded by (seed, game id, step index), so
-    the choice never depends on batch composition or worker count. Falls back to "look" with no admissible action."""
+def random_admissible_policy(seed: int = 0) -> Policy:
+    """A policy choosing uniformly among admissible actions ("look" when there is none).
 
-    def __init__(self, seed: int = 0):
-        self.seed = seed
+    Each choice comes from an RNG seeded by (seed, game id, step index) rather than from one shared stream, so it
+    does not depend on which other episodes share the batch, on slot assignment or on the worker count.
+    """
 
-    def __call__(self, batch: list[PolicyInput]) -> list[str]:
-        return [self._choose(item) for item in batch]
-
-    def _choose(self, item: PolicyInput) -> str:
+    def choose(item: PolicyInput) -> str:
         actions = item.observation.admissible_actions
-        if not actions:
-            return "look"
-        return random.Random(f"{self.seed}/{item.game.game_id}/{item.step}").choice(actions)
+        return random.Random(f"{seed}/{item.game.game_id}/{item.step}").choice(actions) if actions else "look"
+
+    return lambda batch: [choose(item) for item in batch]
 
 
 def expert_policy(batch: list[PolicyInput]) -> list[str]:

@@ -1,0 +1,130 @@
+"""``agentprm demos``: expert demonstrations for a game set, written as trajectory records.
+
+ALFWorld's expert is the handcoded one (explores like a person) or the planner (privileged, shortest plans);
+TextWorldExpress's is the gold path. Episodes are played by the batched runner and each is appended to the JSONL
+file as soon as it ends, so an interrupted run keeps what it finished; a rerun skips games already in the file.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from agentprm.data import TrajectoryRecord, TrajectoryWriter, read_trajectories
+from agentprm.data.records import StepRecord
+from agentprm.envs.base import Game
+from agentprm.envs.registry import env_version
+from agentprm.envs.runner import EnvPool, EpisodeResult, expert_policy, run_episodes
+
+
+def episode_record(result: EpisodeResult, env_name: str, policy_id: str, seed: int, meta: dict | None = None
+                   ) -> TrajectoryRecord:
+    """The trajectory record of one finished episode (responses are the commands themselves: no model here)."""
+    steps = [
+        StepRecord(
+            observation=obs.text,
+            admissible_actions=list(obs.admissible_actions),
+            response=action,
+            reason="",
+            action=action,
+            admissible=action in obs.admissible_actions,
+            reward=float(step.reward),
+            done=bool(step.done),
+            won=bool(step.won),
+        )
+        for obs, action, step in result.transitions
+    ]
+    first = result.transitions[0][0] if result.transitions else result.final_observation
+    return TrajectoryRecord(
+        env=env_name,
+        env_version=env_version(env_name),
+        game_id=result.game.game_id,
+        split=result.game.split,
+        task=first.task,
+        task_type=result.game.task_type,
+        policy_id=policy_id,
+        seed=seed,
+        steps=steps,
+        won=bool(result.won),
+        total_reward=float(sum(s.reward for s in steps)),
+        final_observation=result.final_observation.text,
+        meta=dict(meta or {}),
+    )
+
+
+@dataclass
+class SuccessTable:
+    """Success counts per task type, printed as the demos' (and the quickstart's) result table."""
+
+    wins: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    totals: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    steps: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def add(self, split: str, task_type: str, won: bool, num_steps: int) -> None:
+        key = (split, task_type)
+        self.totals[key] += 1
+        self.wins[key] += int(won)
+        self.steps[key] += num_steps
+
+    def success(self, split: str | None = None) -> float:
+        keys = [k for k in self.totals if split is None or k[0] == split]
+        total = sum(self.totals[k] for k in keys)
+        return sum(self.wins[k] for k in keys) / total if total else 0.0
+
+    def render(self, title: str) -> str:
+        rows = [title, f"{'split':<14}{'task type':<34}{'games':>7}{'solved':>8}{'success':>9}{'mean steps':>12}"]
+        splits = sorted({split for split, _ in self.totals})
+        for split in splits + ["all"]:
+            keys = sorted(k for k in self.totals if split == "all" or k[0] == split)
+            groups = [(k[1], [k]) for k in keys] if split != "all" else []
+            groups.append(("all", keys))
+            for label, group in groups:
+                total = sum(self.totals[k] for k in group)
+                wins, steps = sum(self.wins[k] for k in group), sum(self.steps[k] for k in group)
+                rows.append(f"{split:<14}{label:<34}{total:>7}{wins:>8}{wins / total:>9.1%}{steps / total:>12.1f}")
+        return "\n".join(rows)
+
+
+def record_demos(
+    env_name: str,
+    games: list[Game],
+    out: str | Path,
+    expert: str = "handcoded",
+    max_steps: int = 50,
+    workers: int = 0,
+    num_envs: int = 4,
+    seed: int = 0,
+    progress: bool = True,
+) -> SuccessTable:
+    """Play ``games`` with the expert, append one record per episode to ``out``, and return the success table.
+
+    Games whose id is already in ``out`` are not played again (resume); they count in the table as recorded.
+    """
+    out = Path(out)
+    table = SuccessTable()
+    done_ids: set[str] = set()
+    if out.exists():
+        for record in read_trajectories(out):
+            done_ids.add(record.game_id)
+            table.add(record.split, record.task_type, record.won, record.num_steps)
+    todo = [g for g in games if g.game_id not in done_ids]
+    policy_id = f"expert:{expert}" if env_name == "alfworld" else "expert:gold"
+    env_options = {"expert": expert, "expert_seed": seed} if env_name == "alfworld" else {}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(todo), desc=f"demos {env_name}", disable=not progress)
+    with TrajectoryWriter(out) as writer, EnvPool(env_name, min(num_envs, max(1, len(todo))), workers=workers,
+                                                  env_options=env_options) as pool:
+
+        def on_episode(result: EpisodeResult) -> None:
+            record = episode_record(result, env_name, policy_id, seed, {"source": result.game.source})
+            writer.write(record)
+            table.add(record.split, record.task_type, record.won, record.num_steps)
+            bar.update(1)
+
+        if todo:
+            run_episodes(pool, todo, expert_policy, max_steps, on_episode=on_episode, need_expert=True)
+    bar.close()
+    return table
