@@ -103,7 +103,9 @@ def test_alfworld_expert_solves_all_games_in_game_order(alf_games, alf_options) 
     finished: list[EpisodeResult] = []
     options = {"expert": "handcoded", **alf_options}
     with EnvPool("alfworld", 3, workers=2, env_options=options) as pool:
-        results = run_episodes(pool, alf_games, expert_policy, max_steps=50, on_episode=finished.append, need_expert=True)
+        results = run_episodes(
+            pool, alf_games, expert_policy, max_steps=50, on_episode=finished.append, need_expert=True
+        )
     assert all(r.won for r in results), [(r.game.game_id, r.steps) for r in results]
     _check_game_order(results, alf_games)
     # on_episode: once per game, as episodes finish (completion order), with the same objects that are returned.
