@@ -215,3 +215,13 @@ def test_alfworld_data_variable_points_at_a_game_set(alfworld_root, monkeypatch)
     monkeypatch.setenv("ALFWORLD_DATA", str(root))
     games = list_games("alfworld", "unseen")
     assert len(games) == SESSION_COUNTS["valid_unseen"] and all(g.split == "valid_unseen" for g in games)
+
+
+def test_planner_expert_solves_with_shortest_plans(alfworld_root):
+    """The privileged planner (fast-downward) solves every game, never in more steps than the exploring expert."""
+    root, _ = alfworld_root
+    with AlfworldEnv(expert="planner") as planner, AlfworldEnv(expert="handcoded") as handcoded:
+        for game in alfworld_games(root, "valid_unseen"):
+            won, plan = run_expert(planner, game, max_steps=50)
+            _, explored = run_expert(handcoded, game, max_steps=50)
+            assert won and len(plan) <= len(explored), (game.game_id, plan)
