@@ -97,7 +97,7 @@ def _build(cls: type[T], data: Any, prefix: str = "") -> T:
         values[name] = _convert(value, hints[name], f"{prefix}.{name}" if prefix else name)
     try:
         instance = cls(**values)
-    except TypeError as error:  # a required field is missing
+    except (TypeError, ValueError) as error:  # a required field is missing, or __post_init__ rejected a value
         raise ConfigError(f"{where}: {error}") from None
     validate = getattr(instance, "validate", None)
     if callable(validate):

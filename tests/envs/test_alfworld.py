@@ -13,7 +13,7 @@ from agentprm.envs.alfworld_build import generate_games, read_manifest
 from agentprm.envs.base import EnvError
 from agentprm.envs.registry import list_games
 
-from conftest import SESSION_COUNTS
+from conftest import SESSION_COUNTS  # tests/conftest.py
 
 
 def test_mangle_matches_alfred():
