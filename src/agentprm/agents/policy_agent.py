@@ -1,0 +1,65 @@
+"""The policy agent: a language-model policy acting in the batched runner.
+
+For every live episode the agent renders the prompt (``models.prompts``) and picks an action in one of two modes:
+
+- ``admissible`` (default for small models): sample among the admissible actions with probability
+  softmax(log pi(a | s) / T), every candidate scored in one shared prompt pass (``Policy.sample_admissible``);
+- ``free``: free generation (the paper's mode for large models), parsed by ``models.parser``; an unparsable or
+  non-admissible response is still sent to the engine as it is (and gets "Nothing happens.").
+
+Either way the sample keeps its text, token ids and log-probability in ``last_samples`` for callers that record
+them (rollouts for training), so nothing is ever re-tokenised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from agentprm.envs.runner import PolicyInput
+from agentprm.models.parser import parse_response
+from agentprm.models.policy import Policy, Sample
+from agentprm.models.prompts import PromptConfig, PromptState, render_prompt
+
+MODES = ("admissible", "free")
+
+
+@dataclass
+class PolicyAgent:
+    """Callable as a runner policy: ``agent(batch) -> actions``."""
+
+    policy: Policy
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    mode: str = "admissible"
+    temperature: float = 0.3
+    top_p: float = 1.0
+    max_new_tokens: int = 48
+    seed: int = 0
+    last_samples: dict[int, Sample] = field(default_factory=dict)
+    _calls: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+
+    def prompts(self, batch: list[PolicyInput]) -> list[str]:
+        return [render_prompt(PromptState.from_policy_input(item), self.prompt, self.policy.tokenizer)
+                for item in batch]
+
+    def __call__(self, batch: list[PolicyInput]) -> list[str]:
+        prompts = self.prompts(batch)
+        # A fresh seed per call keeps the run reproducible without repeating the same draw every turn.
+        seed = self.seed * 1_000_003 + self._calls
+        self._calls += 1
+        if self.mode == "admissible":
+            candidates = [item.observation.admissible_actions or ["look"] for item in batch]
+            samples = [s[0] for s in self.policy.sample_admissible(prompts, candidates, n=1,
+                                                                   temperature=self.temperature, seed=seed)]
+            actions = [s.text for s in samples]
+        else:
+            samples = [s[0] for s in self.policy.generate(prompts, n=1, temperature=self.temperature,
+                                                          top_p=self.top_p, max_new_tokens=self.max_new_tokens,
+                                                          seed=seed)]
+            actions = [parse_response(s.text, item.observation.admissible_actions, self.prompt.template).action
+                       for s, item in zip(samples, batch)]
+        self.last_samples = {item.slot: sample for item, sample in zip(batch, samples)}
+        return actions
