@@ -27,3 +27,28 @@ def alfworld_demos(alfworld_root, tmp_path_factory):
     games = list_games("alfworld", "train", root=str(root)) + list_games("alfworld", "seen", root=str(root))
     record_demos("alfworld", games, out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(alfworld_demos, tmp_path_factory):
+    """An untrained 2-layer embedded model whose tokenizer was trained on the session's demonstrations."""
+    from agentprm.data import read_trajectories
+    from agentprm.models.embedded import init_embedded_model
+    from agentprm.models.tokenizer import environment_corpus
+
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    corpus = environment_corpus(read_trajectories(alfworld_demos))
+    return init_embedded_model(out, corpus, preset="tiny", vocab_size=1024, seed=0, num_hidden_layers=2)
+
+
+@pytest.fixture(scope="session")
+def sft_model(tiny_model, alfworld_demos, tmp_path_factory):
+    """``tiny_model`` after 40 SFT steps on the demonstrations (a weak but non-random pi_0)."""
+    from agentprm.algorithms.sft import SFTConfig, train_sft
+    from agentprm.config import load_config
+
+    out = tmp_path_factory.mktemp("sft")
+    config = load_config(SFTConfig, {"data": str(alfworld_demos), "model": str(tiny_model), "out": str(out),
+                                     "max_steps": 40, "batch_size": 8, "val_fraction": 0.0, "progress": False})
+    train_sft(config)
+    return out / "model"

@@ -9,7 +9,7 @@ import pytest
 
 from agentprm.data import read_trajectories
 
-COMMANDS = [[], ["games"], ["games", "alfworld"], ["demos"], ["play"], ["parquet"]]
+COMMANDS = [[], ["games"], ["games", "alfworld"], ["demos"], ["play"], ["parquet"], ["init-model"], ["sft"]]
 
 
 def agentprm(*args, stdin=None, check=True):
@@ -102,3 +102,33 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path, monkeypatch):
     assert bad_type.returncode == 2 and "Unknown ALFWorld task type" in bad_type.stderr
     bad_env = agentprm("demos", "--env", "nethack", "--out", tmp_path / "d.jsonl", check=False)
     assert bad_env.returncode == 2 and "invalid choice" in bad_env.stderr
+
+
+def test_init_model_then_sft_then_resume_message(alfworld_demos, tmp_path):
+    model = tmp_path / "tiny"
+    built = agentprm("init-model", "--records", alfworld_demos, "--out", model, "--preset", "tiny")
+    assert "Embedded model (tiny" in built.stdout and (model / "config.json").is_file()
+    again = agentprm("init-model", "--records", alfworld_demos, "--out", model, check=False)
+    assert again.returncode == 2 and "exists" in again.stderr
+
+    out = tmp_path / "sft"
+    trained = agentprm("sft", f"data={alfworld_demos}", f"model={model}", f"out={out}", "max_steps=6",
+                       "batch_size=8", "progress=false", "prompt.history_window=1")
+    assert "SFT finished at step 6" in trained.stdout
+    assert (out / "model" / "config.json").is_file() and (out / "metrics.jsonl").is_file()
+
+    config = tmp_path / "sft.yaml"
+    config.write_text(f"data: {alfworld_demos}\nmodel: {model}\nout: {tmp_path / 'sft2'}\nmax_steps: 2\n"
+                      "progress: false\n")
+    assert "SFT finished at step 2" in agentprm("sft", config, "batch_size=4").stdout
+    assert "lr (float, default 0.003)" in agentprm("sft", "--describe").stdout
+
+
+def test_sft_errors_name_the_problem(alfworld_demos, tmp_path):
+    bad_key = agentprm("sft", f"data={alfworld_demos}", "model=x", "out=y", "learning_rate=1", check=False)
+    assert bad_key.returncode == 2 and "unknown key(s) learning_rate" in bad_key.stderr
+    no_model = agentprm("sft", f"data={alfworld_demos}", f"model={tmp_path / 'none'}", f"out={tmp_path}",
+                        check=False)
+    assert no_model.returncode == 2 and "does not exist" in no_model.stderr
+    no_records = agentprm("init-model", "--out", tmp_path / "m", check=False)
+    assert no_records.returncode == 2 and "--records is required" in no_records.stderr

@@ -11,8 +11,6 @@ from agentprm.algorithms.sft_data import Example, collate, in_validation, respon
 from agentprm.config import ConfigError, load_config
 from agentprm.data import read_trajectories
 from agentprm.metrics import read_metrics
-from agentprm.models.embedded import init_embedded_model
-from agentprm.models.tokenizer import environment_corpus
 
 
 def test_lr_schedule_warmup_then_cosine():
@@ -55,13 +53,6 @@ def test_validation_split_is_by_game():
     assert 60 < len(held) < 140  # about a quarter
     assert held == [g for g in games if in_validation(g, 0.25)]
     assert not any(in_validation(g, 0.0) for g in games)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(alfworld_demos, tmp_path_factory):
-    out = tmp_path_factory.mktemp("models") / "tiny"
-    corpus = environment_corpus(read_trajectories(alfworld_demos))
-    return init_embedded_model(out, corpus, preset="tiny", vocab_size=1024, seed=0, num_hidden_layers=2)
 
 
 def _config(tiny_model, demos, out, **overrides):
