@@ -20,7 +20,6 @@ import contextlib
 import json
 import math
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -31,9 +30,8 @@ import torch
 from agentprm.algorithms.sft_data import Example, build_examples, collate, in_validation, response_nll
 from agentprm.data import read_trajectories
 from agentprm.metrics import MetricsLogger
+from agentprm.models.checkpoints import check_model_source
 from agentprm.models.prompts import PromptConfig
-
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 @dataclass
@@ -91,11 +89,10 @@ class SFTError(ValueError):
 
 
 def check_model_path(model: str) -> None:
-    if Path(model).exists():
-        if not (Path(model) / "config.json").is_file():
-            raise SFTError(f"model {model!r} is a folder without config.json: not a Hugging Face checkpoint")
-    elif not _HUB_ID.match(model):
-        raise SFTError(f"model path {model!r} does not exist (build one with `agentprm init-model`)")
+    try:
+        check_model_source(model)
+    except (FileNotFoundError, ValueError) as error:
+        raise SFTError(str(error)) from None
 
 
 def load_examples(config: SFTConfig, tokenizer) -> tuple[list[Example], list[Example]]:

@@ -231,16 +231,17 @@ class Policy:
     def from_pretrained(
         cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
     ) -> "Policy":
-        """Load model + tokenizer saved by :meth:`save_pretrained` (or any HF causal-LM folder)."""
+        """Load model + tokenizer from a checkpoint folder (any HF causal LM) or a hub id where downloads work."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        folder = Path(path)
-        if not folder.exists():
-            raise FileNotFoundError(f"policy checkpoint not found: {folder}")
-        if not folder.is_dir() or not (folder / "config.json").is_file():
-            raise ValueError(f"{folder} is not a model folder (expected a directory with config.json)")
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        from agentprm.models.checkpoints import check_model_source, hub_load_error
+
+        source = check_model_source(path)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(source)
+        except OSError as error:
+            raise hub_load_error(source, error) from error
         return cls(model, tokenizer, device=device)
 
     def save_pretrained(self, path: str | Path) -> None:

@@ -56,13 +56,14 @@ from agentprm.models.policy import (
 __all__ = ["ProcessRewardModel"]
 
 
-def _check_folder(path: str | Path, what: str) -> Path:
-    folder = Path(path)
-    if not folder.exists():
-        raise FileNotFoundError(f"{what} checkpoint not found: {folder}")
-    if not folder.is_dir() or not (folder / "config.json").is_file():
-        raise ValueError(f"{folder} is not a model folder (expected a directory with config.json)")
-    return folder
+def _check_folder(path: str | Path, what: str) -> str:
+    """A local checkpoint folder or a hub id (see ``models.checkpoints``); errors name the ``what`` and path."""
+    from agentprm.models.checkpoints import check_model_source
+
+    try:
+        return check_model_source(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} checkpoint not found: {path}") from None
 
 
 def _unwrap(model: Any) -> Any:
