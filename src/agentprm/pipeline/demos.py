@@ -11,47 +11,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from agentprm.data import TrajectoryRecord, TrajectoryWriter, read_trajectories
-from agentprm.data.records import StepRecord
+from agentprm.data import TrajectoryWriter, read_trajectories
 from agentprm.envs.base import Game
-from agentprm.envs.registry import env_version
 from agentprm.envs.runner import EnvPool, EpisodeResult, expert_policy, run_episodes
+from agentprm.pipeline.episodes import episode_record
 from agentprm.pipeline.results import SuccessTable
-
-
-def episode_record(result: EpisodeResult, env_name: str, policy_id: str, seed: int, meta: dict | None = None
-                   ) -> TrajectoryRecord:
-    """The trajectory record of one finished episode (responses are the commands themselves: no model here)."""
-    steps = [
-        StepRecord(
-            observation=obs.text,
-            admissible_actions=list(obs.admissible_actions),
-            response=action,
-            reason="",
-            action=action,
-            admissible=action in obs.admissible_actions,
-            reward=float(step.reward),
-            done=bool(step.done),
-            won=bool(step.won),
-        )
-        for obs, action, step in result.transitions
-    ]
-    first = result.transitions[0][0] if result.transitions else result.final_observation
-    return TrajectoryRecord(
-        env=env_name,
-        env_version=env_version(env_name),
-        game_id=result.game.game_id,
-        split=result.game.split,
-        task=first.task,
-        task_type=result.game.task_type,
-        policy_id=policy_id,
-        seed=seed,
-        steps=steps,
-        won=bool(result.won),
-        total_reward=float(sum(s.reward for s in steps)),
-        final_observation=result.final_observation.text,
-        meta=dict(meta or {}),
-    )
 
 
 def record_demos(

@@ -13,7 +13,7 @@ from pathlib import Path
 from agentprm.data import TrajectoryWriter
 from agentprm.envs.base import Game
 from agentprm.envs.runner import EnvPool, EpisodeResult, Policy, run_episodes
-from agentprm.pipeline.demos import episode_record
+from agentprm.pipeline.episodes import episode_record
 from agentprm.pipeline.results import SuccessTable, wilson_interval
 
 
