@@ -3,7 +3,9 @@
 For every live episode the agent renders the prompt (``models.prompts``) and picks an action in one of two modes:
 
 - ``admissible`` (default for small models): sample among the admissible actions with probability
-  softmax(log pi(a | s) / T), every candidate scored in one shared prompt pass (``Policy.sample_admissible``);
+  softmax(log pi(a | s) / T), every candidate scored in one shared prompt pass (``Policy.sample_admissible``).
+  A candidate is written as the response SFT trained on (``format_response(action)``: the bare action for the
+  action-only template, "ACTION: <a>" for REASON/ACTION), so sampling, training and DPO score the same text;
 - ``free``: free generation (the paper's mode for large models), parsed by ``models.parser``; an unparsable or
   non-admissible response is still sent to the engine as it is (and gets "Nothing happens.").
 
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 from agentprm.envs.runner import PolicyInput
 from agentprm.models.parser import parse_response
 from agentprm.models.policy import Policy, Sample
-from agentprm.models.prompts import PromptConfig, PromptState, render_prompt
+from agentprm.models.prompts import PromptConfig, PromptState, format_response, render_prompt
 
 MODES = ("admissible", "free")
 
@@ -51,10 +53,13 @@ class PolicyAgent:
         seed = self.seed * 1_000_003 + self._calls
         self._calls += 1
         if self.mode == "admissible":
-            candidates = [item.observation.admissible_actions or ["look"] for item in batch]
-            samples = [s[0] for s in self.policy.sample_admissible(prompts, candidates, n=1,
-                                                                   temperature=self.temperature, seed=seed)]
-            actions = [s.text for s in samples]
+            actions_per_slot = [item.observation.admissible_actions or ["look"] for item in batch]
+            # Candidates are written as SFT taught the model to answer (format_response), then mapped back.
+            candidates = [[format_response(a, "", self.prompt) for a in actions] for actions in actions_per_slot]
+            drawn = self.policy.sample_admissible(prompts, candidates, n=1, temperature=self.temperature, seed=seed)
+            samples = [s[0] for s in drawn]
+            actions = [actions[texts.index(s.text)]
+                       for s, texts, actions in zip(samples, candidates, actions_per_slot)]
         else:
             samples = [s[0] for s in self.policy.generate(prompts, n=1, temperature=self.temperature,
                                                           top_p=self.top_p, max_new_tokens=self.max_new_tokens,

@@ -1,0 +1,305 @@
+"""Online DPO trainer: pi_i from pi_{i-1} and a PRM Q_i (AgentPRM stage 3). Equations: :mod:`agentprm.algorithms.dpo`.
+
+One optimiser step (``config.steps`` of them):
+
+1. draw ``states_per_step`` states (seeded by (seed, step); without replacement when there are enough);
+2. render their prompts and sample K = ``samples_per_state`` responses each from the CURRENT policy, no grad:
+   ``admissible`` mode samples among the admissible actions (``Policy.sample_admissible``), ``free`` mode
+   generates up to ``max_new_tokens`` tokens (``Policy.generate``) and parses them (``parse_response``);
+3. score with the PRM (valid responses only; unparsable / non-admissible / unfinished get ``INVALID_SCORE``);
+4. ``select_dpo_pairs`` (best vs worst, ties skipped), the reference log-probs of every sample (no grad), the
+   policy log-probs of the pairs (with grad), the sigmoid DPO loss, clip, AdamW step.
+
+Logged (stage ``dpo``, means over ``log_every`` steps): ``prm_reward`` (mean score of the sampled responses,
+invalid ones counting INVALID_SCORE), ``valid_fraction``, ``kl_to_reference`` (``sampled_kl_estimate``: the mean of
+log pi - log pi_ref over the sampled responses, with log pi the sampling-time log-prob), ``pairs``, ``skipped_ties``
+and, on steps that update, ``loss``, ``dpo_margin``, ``dpo_accuracy``, ``chosen_reward``, ``rejected_reward``,
+``grad_norm`` and ``logprob_mismatch`` (max |recomputed log pi - sampling log pi| over the pair responses: ~1e-5 in
+fp32; large values mean the loss and the sampler disagree about the tokens).
+
+Deliberate choices and deviations from the reference implementation:
+
+- The reference policy is pi_{i-1} (the checkpoint this stage starts from), frozen, as in Eq. 3.
+- The paper's -1 for an unfinished response is extended to unparsable and non-admissible ones (DESIGN.md), and
+  such responses rank below every PRM-scored one.
+- Ties are skipped instead of pairing an argmax with an argmin that scored the same: a tied pair carries no
+  preference. A step without any usable pair makes no update but still counts towards ``steps``, so the number
+  of sampling rounds (and the compute) is fixed by the config.
+- The policy runs in eval mode (no dropout) while training, so the loss's log-probs are the sampling definition.
+- ``admissible`` mode (the default for small models, not in the paper) samples K actions among the admissible
+  ones, formatted with ``format_response`` (``"ACTION: <a>"`` for the reason_action template).
+- The loss uses the sampled token ids as they are (never re-tokenised text).
+- Single process only: under ``accelerate launch`` with several processes, a process without pairs would skip
+  the backward its peers wait on, so the trainer refuses to start rather than hang.
+
+PRM protocol: any object with ``score(prompts: Sequence[str], responses: Sequence[str]) -> Sequence[float]``
+(``ProcessRewardModel`` is one); a response is the text appended to the prompt (the PRM's training format).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol, Sequence
+
+import torch
+
+from agentprm.algorithms.dpo import (
+    ScoredResponse,
+    dpo_loss,
+    sampled_kl_estimate,
+    select_dpo_pairs,
+    sequence_logprobs_with_grad,
+)
+from agentprm.metrics import MetricsLogger
+from agentprm.models.parser import parse_response
+from agentprm.models.policy import Policy, Sample, encode_prompts
+from agentprm.models.prompts import PromptConfig, PromptState, format_response, render_prompt
+
+__all__ = ["DPOConfig", "ResponseScorer", "train_online_dpo", "online_dpo_loop", "sample_responses",
+           "score_samples"]
+
+
+class ResponseScorer(Protocol):
+    """What the trainer needs from a PRM: one score per (prompt, response); higher is better."""
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> Sequence[float]: ...
+
+
+@dataclass
+class DPOConfig:
+    beta: float = field(default=0.03, metadata={"help": "DPO temperature: strength of the KL leash to pi_{i-1} "
+                                                        "(paper 0.03)"})
+    lr: float = field(default=8e-7, metadata={"help": "AdamW learning rate (paper 8e-7 for Llama-3.2-3B; tiny "
+                                                      "from-scratch models need ~1e-4)"})
+    steps: int = field(default=400, metadata={"help": "optimiser steps (paper 400); steps without a usable pair "
+                                                      "count but make no update"})
+    states_per_step: int = field(default=8, metadata={"help": "states (prompts) drawn per step"})
+    samples_per_state: int = field(default=2, metadata={"help": "K responses sampled per state (>= 2; paper 2)"})
+    temperature: float = field(default=0.7, metadata={"help": "sampling temperature for the pairs (paper 0.7)"})
+    mode: Literal["admissible", "free"] = field(default="admissible", metadata={
+        "help": "admissible: sample among the admissible actions; free: generate text and parse it"})
+    max_new_tokens: int = field(default=64, metadata={"help": "free mode: response length limit; a response "
+                                                              "without EOS by then is invalid (paper 64)"})
+    pairs_per_forward: int = field(default=0, metadata={"help": "pairs per forward/backward pass, gradients "
+                                                                "accumulated over the step (0 = all at once)"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
+    seed: int = field(default=0, metadata={"help": "seeds the state draws and the sampling"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    log_every: int = field(default=1, metadata={"help": "log the means of the metrics every N steps"})
+
+    def validate(self) -> None:
+        for name in ("steps", "states_per_step", "max_new_tokens", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.samples_per_state < 2:
+            raise ValueError(f"samples_per_state must be >= 2 (a pair needs two samples), got {self.samples_per_state}")
+        if self.beta <= 0 or self.lr <= 0:
+            raise ValueError(f"beta and lr must be > 0, got beta={self.beta}, lr={self.lr}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 (0 would sample K identical responses), got {self.temperature}")
+        if self.pairs_per_forward < 0 or self.max_grad_norm < 0:
+            raise ValueError("pairs_per_forward and max_grad_norm must be >= 0")
+        if self.mode not in ("admissible", "free"):
+            raise ValueError(f"mode must be 'admissible' or 'free', got {self.mode!r}")
+
+
+# ----------------------------------------------------------------------------------------------- sampling, scoring
+
+
+def sample_responses(policy: Policy, states: Sequence[PromptState], prompts: list[str], config: DPOConfig,
+                     prompt_config: PromptConfig, seed: int) -> list[list[Sample]]:
+    """K samples per prompt from ``policy`` (no grad), in ``config.mode``."""
+    k, temperature = config.samples_per_state, config.temperature
+    if config.mode == "admissible":
+        candidates = [[format_response(a, "", prompt_config) for a in dict.fromkeys(s.admissible_actions)]
+                      for s in states]
+        return policy.sample_admissible(prompts, candidates, n=k, temperature=temperature, seed=seed)
+    return policy.generate(prompts, n=k, temperature=temperature, max_new_tokens=config.max_new_tokens, seed=seed)
+
+
+def score_samples(prm: ResponseScorer, states: Sequence[PromptState], prompts: list[str],
+                  samples: list[list[Sample]], template: str) -> list[list[ScoredResponse]]:
+    """Validity check (finished, parsable, admissible) then one PRM call over the distinct valid texts."""
+    valid = [[s.finished and parse_response(s.text, state.admissible_actions, template).matched for s in row]
+             for state, row in zip(states, samples)]
+    keys = list(dict.fromkeys((i, s.text) for i, row in enumerate(samples)
+                              for s, ok in zip(row, valid[i]) if ok))
+    scores = list(prm.score([prompts[i] for i, _ in keys], [t for _, t in keys])) if keys else []
+    if len(scores) != len(keys):
+        raise ValueError(f"the PRM returned {len(scores)} scores for {len(keys)} responses")
+    by_key = {key: float(value) for key, value in zip(keys, scores)}
+    return [[ScoredResponse(s.text, tuple(s.token_ids), by_key.get((i, s.text), 0.0), ok, s.logprob)
+             for s, ok in zip(row, valid[i])] for i, row in enumerate(samples)]
+
+
+def _draw_states(num_states: int, count: int, generator: torch.Generator) -> list[int]:
+    if count <= num_states:
+        return torch.randperm(num_states, generator=generator)[:count].tolist()
+    return torch.randint(num_states, (count,), generator=generator).tolist()
+
+
+def _usable_states(states: Sequence[PromptState], mode: str) -> list[PromptState]:
+    kept = [s for s in states if s.admissible_actions] if mode == "admissible" else list(states)
+    if not kept:
+        raise ValueError("online DPO needs at least one state (with admissible actions in admissible mode); "
+                         "take states from the latest rollouts")
+    return kept
+
+
+# ----------------------------------------------------------------------------------------------- log-probs, update
+
+
+def _logprobs_no_grad(model: torch.nn.Module, rows: list[tuple[list[int], tuple[int, ...]]], pad_id: int,
+                      chunk: int = 32) -> list[float]:
+    out: list[float] = []
+    with torch.no_grad():
+        for start in range(0, len(rows), chunk):
+            part = rows[start:start + chunk]
+            out += sequence_logprobs_with_grad(model, [p for p, _ in part], [r for _, r in part], pad_id).tolist()
+    return out
+
+
+def _dpo_update(model, optimizer, accelerator, pairs, prompt_ids, ref_logps, config: DPOConfig,
+                pad_id: int) -> dict[str, float]:
+    """One optimiser step on ``pairs``; returns the step's loss and DPO statistics."""
+    ref_c = torch.tensor([ref_logps[p.state_index][p.chosen_index] for p in pairs])  # (P,)
+    ref_r = torch.tensor([ref_logps[p.state_index][p.rejected_index] for p in pairs])  # (P,)
+    size = config.pairs_per_forward or len(pairs)
+    policy_c, policy_r = [], []
+    optimizer.zero_grad(set_to_none=True)
+    for start in range(0, len(pairs), size):
+        part = pairs[start:start + size]
+        prompts = [prompt_ids[p.state_index] for p in part]
+        logps = sequence_logprobs_with_grad(model, prompts * 2, [p.chosen.token_ids for p in part]
+                                            + [p.rejected.token_ids for p in part], pad_id).cpu()  # (2c,)
+        loss, _ = dpo_loss(logps[:len(part)], logps[len(part):], ref_c[start:start + size],
+                           ref_r[start:start + size], config.beta)
+        accelerator.backward(loss * len(part) / len(pairs))
+        policy_c.append(logps[:len(part)].detach())
+        policy_r.append(logps[len(part):].detach())
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm or float("inf"))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    logp_c, logp_r = torch.cat(policy_c), torch.cat(policy_r)
+    loss, stats = dpo_loss(logp_c, logp_r, ref_c, ref_r, config.beta)
+    sampled = torch.tensor([[p.chosen.logprob, p.rejected.logprob] for p in pairs])  # (P, 2)
+    mismatch = (torch.stack([logp_c, logp_r], 1) - sampled).abs().max().item()
+    return {"loss": loss.item(), "dpo_margin": stats["reward_margin"], "dpo_accuracy": stats["accuracy"],
+            "chosen_reward": stats["chosen_reward"], "rejected_reward": stats["rejected_reward"],
+            "grad_norm": float(grad_norm), "logprob_mismatch": mismatch}
+
+
+# ----------------------------------------------------------------------------------------------- the loop
+
+
+def _one_step(step, policy, reference, prm, states, config, prompt_config, optimizer, accelerator) -> dict:
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+    batch = [states[i] for i in _draw_states(len(states), config.states_per_step, generator)]
+    prompts = [render_prompt(s, prompt_config, policy.tokenizer) for s in batch]
+    sample_seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+    samples = sample_responses(policy, batch, prompts, config, prompt_config, sample_seed)
+    scored = score_samples(prm, batch, prompts, samples, prompt_config.template)
+    pairs = select_dpo_pairs(scored)
+
+    prompt_ids = encode_prompts(policy.tokenizer, prompts)
+    rows = [(prompt_ids[i], r.token_ids) for i, row in enumerate(scored) for r in row]
+    flat_ref = _logprobs_no_grad(reference.model, rows, reference.pad_id)
+    offsets = [0]
+    for row in scored:
+        offsets.append(offsets[-1] + len(row))
+    ref_logps = [flat_ref[a:b] for a, b in zip(offsets, offsets[1:])]  # per state, like ``scored``
+    flat = [r for row in scored for r in row]
+    values = {"prm_reward": sum(r.score for r in flat) / len(flat),
+              "valid_fraction": sum(r.valid for r in flat) / len(flat),
+              "kl_to_reference": sampled_kl_estimate([r.logprob for r in flat], flat_ref),
+              "pairs": float(len(pairs)), "skipped_ties": float(len(batch) - len(pairs))}
+    if pairs:
+        values |= _dpo_update(policy.model, optimizer, accelerator, pairs, prompt_ids, ref_logps, config,
+                              policy.pad_id)
+    return values
+
+
+def online_dpo_loop(config: DPOConfig, policy: Policy, reference: Policy, prm: ResponseScorer,
+                    states: Sequence[PromptState], prompt_config: PromptConfig | None,
+                    metrics: MetricsLogger) -> dict:
+    """Train ``policy`` in place against ``prm`` with ``reference`` frozen; returns a summary (no saving)."""
+    from accelerate import Accelerator
+    from tqdm import tqdm
+
+    config.validate()
+    prompt_config = prompt_config or PromptConfig()
+    states = _usable_states(states, config.mode)
+    accelerator = Accelerator(cpu=policy.device.type == "cpu")
+    if accelerator.num_processes > 1:
+        raise NotImplementedError("online DPO runs in one process; launch it without `accelerate launch`")
+    reference.model.eval().requires_grad_(False)
+    policy.model.eval()  # no dropout: the loss's log-probs are the sampler's
+    optimizer = torch.optim.AdamW([p for p in policy.model.parameters() if p.requires_grad], lr=config.lr,
+                                  weight_decay=0.0)
+    policy.model, optimizer = accelerator.prepare(policy.model, optimizer)
+    window: dict[str, list[float]] = {}
+    last: dict[str, float] = {}
+    totals = {"updates": 0, "pairs": 0, "skipped_ties": 0}
+    start = time.perf_counter()
+    bar = tqdm(range(1, config.steps + 1), desc="dpo", disable=not config.progress)
+    for step in bar:
+        values = _one_step(step, policy, reference, prm, states, config, prompt_config, optimizer, accelerator)
+        totals["updates"] += int(values["pairs"] > 0)
+        totals["pairs"] += int(values["pairs"])
+        totals["skipped_ties"] += int(values["skipped_ties"])
+        for name, value in values.items():
+            window.setdefault(name, []).append(value)
+        if step % config.log_every == 0 or step == config.steps:
+            last = {name: sum(v) / len(v) for name, v in window.items()}
+            metrics.log(step, **last)
+            bar.set_postfix(reward=f"{last['prm_reward']:.3f}", kl=f"{last['kl_to_reference']:.3f}")
+            window = {}
+    bar.close()
+    policy.model = accelerator.unwrap_model(policy.model)
+    return {"steps": config.steps, **totals, "seconds": time.perf_counter() - start, "final": last}
+
+
+def train_online_dpo(config: DPOConfig, policy_path: str | Path, prm: ResponseScorer,
+                     states: Sequence[PromptState], out_dir: str | Path,
+                     prompt_config: PromptConfig | None = None, metrics: MetricsLogger | None = None) -> dict:
+    """pi_i = online DPO from the checkpoint ``policy_path`` (also the frozen reference pi_{i-1}) against ``prm``.
+
+    Writes ``out_dir/model`` (``save_pretrained`` model + tokenizer, atomically), ``out_dir/dpo_summary.json``
+    and, unless ``metrics`` is given, ``out_dir/metrics.jsonl`` and ``out_dir/tensorboard``. Returns the summary.
+    """
+    config.validate()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(config.seed)
+    policy = Policy.from_pretrained(policy_path, device=device)
+    reference = Policy.from_pretrained(policy_path, device=device)
+    out = Path(out_dir)
+    own_metrics = metrics is None
+    if metrics is None:
+        metrics = MetricsLogger(out / "metrics.jsonl", "dpo", tensorboard_dir=out / "tensorboard")
+    try:
+        summary = online_dpo_loop(config, policy, reference, prm, states, prompt_config, metrics)
+    finally:
+        if own_metrics:
+            metrics.close()
+    _save_model_atomic(out / "model", policy, {"reference": str(policy_path), **dataclasses.asdict(config)})
+    summary["model"] = str(out / "model")
+    (out / "dpo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _save_model_atomic(folder: Path, policy: Policy, info: dict) -> None:
+    """``save_pretrained`` into ``folder.tmp``, then rename: an interrupted save never leaves a half model."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    policy.save_pretrained(tmp)
+    (tmp / "agentprm_dpo.json").write_text(json.dumps(info, indent=2) + "\n")
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)

@@ -1,0 +1,229 @@
+"""Monte Carlo Q targets for the PRM (AgentPRM stage 1, Eq. 1), over plain trajectory records.
+
+Every (state, action) pair is keyed by the game id and the FULL prefix of (observation, action) pairs up to and
+including the action:
+
+    key(episode, t) = sha256(game_id, [(o_0, a_0), ..., (o_t, a_t)])
+
+so identical prefixes from different rollouts of the same game merge into one key, and the same prefix in another
+game stays separate. With an outcome-only reward R in {0, 1} (R = 1 iff the episode was won; an episode cut by the
+step budget without winning has R = 0) the discounted return from step t of an episode of T steps is
+
+    G_t = sum_{k=t}^{T-1} gamma^(k-t) r_k = gamma^(T-1-t) * R          (discounted by the steps REMAINING)
+
+and the target is the mean over every visit of the key, with the visit count kept:
+
+    Q_hat(s, a) = (1 / N(s, a)) * sum_{visits} G_t        in [0, 1]
+
+Train/validation split is BY GAME (``sft_data.in_validation``: a hash of the game id, the same games SFT holds out),
+never by key, so no prefix of a validation game is trained on.
+
+Deviations from the reference code (paper.md, "Known defects"), on purpose:
+1. it discounted by steps ELAPSED (gamma^t); here by steps remaining, gamma^(T-1-t);
+2. it mapped the outcome to {-1, +1} and back with (q + 1) / 2, so late steps of failures got ~0.5; here a failed
+   episode gives exactly 0 at every step;
+3. it split train/validation by key; here by game.
+
+A key merges visits with the same ACTIONS: two responses with different reasoning but the same command share the
+key, and the target keeps the first visit's response text (``response``) as the PRM's training input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from agentprm.algorithms.sft_data import in_validation
+from agentprm.data import TrajectoryRecord
+from agentprm.models.prompts import PromptState
+
+TARGETS_FORMAT_VERSION = 1
+_METADATA_KIND = b"agentprm.kind"
+_METADATA_VERSION = b"agentprm.targets_version"
+
+
+@dataclass
+class QTarget:
+    """One (state, action) key with its Monte Carlo target.
+
+    ``episode_index``/``step_index``/``steps_remaining``/``response`` describe the FIRST visit;
+    ``episode_indices``/``episode_won`` list every visiting episode (input order) and its outcome, so per-episode
+    metrics (``prm_training.early_step_auc``) can be computed from the targets alone.
+    """
+
+    game_id: str
+    split: str  # "train" | "val"
+    episode_index: int
+    step_index: int
+    task: str
+    task_type: str
+    state: dict[str, Any]  # PromptState fields; history is a list of (observation, action) tuples
+    response: str
+    action: str
+    q: float
+    visits: int
+    steps_remaining: int
+    key: str
+    episode_indices: list[int] = field(default_factory=list)
+    episode_won: list[bool] = field(default_factory=list)
+
+    @property
+    def wins(self) -> int:
+        """Number of visiting episodes that were won."""
+        return sum(self.episode_won)
+
+
+def prefix_key(game_id: str, prefix: Iterable[tuple[str, str]]) -> str:
+    """Stable hex digest of a game id and an (observation, action) prefix (JSON, so no separator can collide)."""
+    payload = json.dumps([game_id, [[obs, action] for obs, action in prefix]], ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def state_key(target: QTarget) -> str:
+    """Key of the state (game, history, current observation) without the action: equal for sibling actions."""
+    history = list(target.state["history"]) + [(target.state["observation"], "")]
+    return "state:" + prefix_key(target.game_id, history)
+
+
+def mc_q_targets(records: Iterable[TrajectoryRecord], gamma: float, val_fraction: float = 0.1) -> list[QTarget]:
+    """Monte Carlo Q targets of every (state, action) key in ``records``, in first-visit order (see module doc)."""
+    if not 0.0 < gamma <= 1.0:
+        raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    targets: dict[str, QTarget] = {}
+    returns: dict[str, float] = {}  # sum of discounted returns per key
+    for episode_index, record in enumerate(records):
+        outcome = 1.0 if record.won else 0.0
+        length = len(record.steps)
+        split = "val" if in_validation(record.game_id, val_fraction) else "train"
+        prefix: list[tuple[str, str]] = []
+        for step_index, step in enumerate(record.steps):
+            history = list(prefix)
+            prefix.append((step.observation, step.action))
+            key = prefix_key(record.game_id, prefix)
+            remaining = length - 1 - step_index
+            if key not in targets:
+                targets[key] = _new_target(record, step_index, history, split, episode_index, remaining, key)
+                returns[key] = 0.0
+            target = targets[key]
+            target.episode_indices.append(episode_index)
+            target.episode_won.append(record.won)
+            returns[key] += gamma**remaining * outcome
+    for key, target in targets.items():
+        target.visits = len(target.episode_indices)
+        target.q = returns[key] / target.visits
+    return list(targets.values())
+
+
+def _new_target(record: TrajectoryRecord, step_index: int, history: list[tuple[str, str]], split: str,
+                episode_index: int, remaining: int, key: str) -> QTarget:
+    step = record.steps[step_index]
+    state = {"task": record.task, "observation": step.observation,
+             "admissible_actions": list(step.admissible_actions), "history": history, "task_type": record.task_type}
+    return QTarget(game_id=record.game_id, split=split, episode_index=episode_index, step_index=step_index,
+                   task=record.task, task_type=record.task_type, state=state, response=step.response,
+                   action=step.action, q=0.0, visits=0, steps_remaining=remaining, key=key)
+
+
+def state_from_target(target: QTarget) -> PromptState:
+    """The policy/PRM prompt state of a target."""
+    state = target.state
+    return PromptState(task=state["task"], observation=state["observation"],
+                       admissible_actions=list(state["admissible_actions"]),
+                       history=[(obs, action) for obs, action in state["history"]], task_type=state["task_type"])
+
+
+def target_histogram(targets: Iterable[QTarget], bins: int = 10) -> list[int]:
+    """Counts of Q_hat in ``bins`` equal-width bins over [0, 1]; bin i is [i/bins, (i+1)/bins), the last is closed."""
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    counts = [0] * bins
+    for target in targets:
+        counts[min(int(target.q * bins), bins - 1)] += 1
+    return counts
+
+
+# -- Parquet ---------------------------------------------------------------------------------------------------------
+
+_HISTORY_TYPE = pa.list_(pa.struct([pa.field("observation", pa.string(), nullable=False),
+                                    pa.field("action", pa.string(), nullable=False)]))
+_STATE_TYPE = pa.struct([
+    pa.field("task", pa.string(), nullable=False),
+    pa.field("observation", pa.string(), nullable=False),
+    pa.field("admissible_actions", pa.list_(pa.string()), nullable=False),
+    pa.field("history", _HISTORY_TYPE, nullable=False),
+    pa.field("task_type", pa.string(), nullable=False),
+])
+TARGET_SCHEMA = pa.schema(
+    [
+        pa.field("game_id", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("episode_index", pa.int64(), nullable=False),
+        pa.field("step_index", pa.int64(), nullable=False),
+        pa.field("task", pa.string(), nullable=False),
+        pa.field("task_type", pa.string(), nullable=False),
+        pa.field("state", _STATE_TYPE, nullable=False),
+        pa.field("response", pa.string(), nullable=False),
+        pa.field("action", pa.string(), nullable=False),
+        pa.field("q", pa.float64(), nullable=False),
+        pa.field("visits", pa.int64(), nullable=False),
+        pa.field("steps_remaining", pa.int64(), nullable=False),
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("episode_indices", pa.list_(pa.int64()), nullable=False),
+        pa.field("episode_won", pa.list_(pa.bool_()), nullable=False),
+    ],
+    metadata={_METADATA_KIND: b"mc_q_targets", _METADATA_VERSION: str(TARGETS_FORMAT_VERSION).encode()},
+)
+
+
+def _row(target: QTarget) -> dict[str, Any]:
+    row = {name: getattr(target, name) for name in TARGET_SCHEMA.names}
+    state = dict(target.state)
+    state["history"] = [{"observation": obs, "action": action} for obs, action in state["history"]]
+    row["state"] = state
+    return row
+
+
+def _from_row(row: dict[str, Any]) -> QTarget:
+    state = dict(row["state"])
+    state["history"] = [(pair["observation"], pair["action"]) for pair in state["history"]]
+    return QTarget(**{**row, "state": state})
+
+
+def targets_to_parquet(targets: Iterable[QTarget], path: str | os.PathLike[str]) -> int:
+    """Write targets with an explicit schema, atomically (temp file + ``os.replace``); return the row count."""
+    table = pa.Table.from_pylist([_row(t) for t in targets], schema=TARGET_SCHEMA)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    os.chmod(temp_name, 0o644)
+    try:
+        pq.write_table(table, temp_name)
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    return table.num_rows
+
+
+def targets_from_parquet(path: str | os.PathLike[str]) -> list[QTarget]:
+    """Read targets written by :func:`targets_to_parquet` (a file of another kind raises ``ValueError``)."""
+    table = pq.read_table(path)
+    metadata = table.schema.metadata or {}
+    if metadata.get(_METADATA_KIND) != b"mc_q_targets":
+        raise ValueError(f"{path}: not an MC target file (write one with targets_to_parquet / `agentprm targets`)")
+    version = int(metadata.get(_METADATA_VERSION, b"0"))
+    if version != TARGETS_FORMAT_VERSION:
+        raise ValueError(f"{path}: target format version {version}, this code reads {TARGETS_FORMAT_VERSION}")
+    return [_from_row(row) for row in table.to_pylist()]

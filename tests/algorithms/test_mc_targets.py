@@ -1,0 +1,153 @@
+"""MC Q targets: exact values on hand-made trajectories (merging, remaining-step discount, by-game split, Parquet)."""
+
+import pyarrow.parquet as pq
+import pytest
+
+from agentprm.algorithms.mc_targets import (
+    QTarget,
+    mc_q_targets,
+    prefix_key,
+    state_from_target,
+    state_key,
+    target_histogram,
+    targets_from_parquet,
+    targets_to_parquet,
+)
+from agentprm.algorithms.sft_data import in_validation
+from agentprm.data import StepRecord, TrajectoryRecord
+from agentprm.models.prompts import PromptState
+
+
+def step(observation: str, action: str, response: str | None = None) -> StepRecord:
+    return StepRecord(observation=observation, admissible_actions=[action, "look"], response=response or action,
+                      reason="", action=action, admissible=True, reward=0.0, done=False, won=False)
+
+
+def episode(game: str, pairs: list[tuple[str, str]], won: bool, task: str = "put a mug in cabinet") -> TrajectoryRecord:
+    steps = [step(obs, action) for obs, action in pairs]
+    steps[-1].done, steps[-1].won, steps[-1].reward = won, won, float(won)
+    return TrajectoryRecord(env="alfworld", env_version="test", game_id=game, split="train", task=task,
+                            task_type="pick_and_place_simple", policy_id="pi_0", seed=0, steps=steps, won=won,
+                            total_reward=float(won), final_observation="done" if won else "...")
+
+
+WIN = [("o0", "a0"), ("o1", "a1"), ("o2", "a2")]
+
+
+def by_step(targets: list[QTarget]) -> list[float]:
+    return [t.q for t in sorted(targets, key=lambda t: t.step_index)]
+
+
+def test_discount_counts_the_steps_remaining():
+    targets = mc_q_targets([episode("g", WIN, won=True)], gamma=0.5, val_fraction=0.0)
+    assert by_step(targets) == [0.25, 0.5, 1.0]
+    assert [t.steps_remaining for t in targets] == [2, 1, 0]
+    assert [t.visits for t in targets] == [1, 1, 1]
+    assert [t.step_index for t in targets] == [0, 1, 2]  # first-visit order
+
+
+def test_failed_or_truncated_episode_gives_zero_everywhere():
+    # A step-budget cut (won=False, not done) is a failure: R = 0, not 0.5 as with the reference's (q+1)/2.
+    targets = mc_q_targets([episode("g", WIN, won=False)], gamma=0.95, val_fraction=0.0)
+    assert by_step(targets) == [0.0, 0.0, 0.0]
+
+
+def test_shared_prefix_merges_and_averages_discounted_returns():
+    winner = episode("g", WIN, won=True)  # T = 3
+    loser = episode("g", [("o0", "a0"), ("o1", "b1"), ("o3", "b2"), ("o4", "b3")], won=False)
+    long_winner = episode("g", [("o0", "a0"), ("o1", "a1"), ("o2", "c2"), ("o5", "c3")], won=True)  # T = 4
+    targets = mc_q_targets([winner, loser, long_winner], gamma=0.5, val_fraction=0.0)
+    table = {(t.step_index, t.action): t for t in targets}
+    first = table[(0, "a0")]
+    assert first.visits == 3 and first.episode_indices == [0, 1, 2] and first.episode_won == [True, False, True]
+    assert first.q == pytest.approx((0.25 + 0.0 + 0.125) / 3)
+    assert first.steps_remaining == 2 and first.episode_index == 0 and first.wins == 2
+    shared = table[(1, "a1")]
+    assert shared.visits == 2 and shared.q == pytest.approx((0.5 + 0.25) / 2)
+    assert table[(1, "b1")].visits == 1 and table[(1, "b1")].q == 0.0
+    assert table[(2, "c2")].q == 0.5 and table[(3, "c3")].q == 1.0 and table[(2, "a2")].q == 1.0
+    assert len(targets) == 1 + 2 + 3 + 2  # a0 | a1, b1 | a2, b2, c2 | b3, c3
+    assert len({t.key for t in targets}) == len(targets)
+
+
+def test_same_prefix_in_another_game_stays_separate():
+    targets = mc_q_targets([episode("g1", WIN, won=True), episode("g2", WIN, won=False)], gamma=0.5,
+                           val_fraction=0.0)
+    assert len(targets) == 6 and all(t.visits == 1 for t in targets)
+    assert by_step([t for t in targets if t.game_id == "g1"]) == [0.25, 0.5, 1.0]
+    assert by_step([t for t in targets if t.game_id == "g2"]) == [0.0, 0.0, 0.0]
+    assert prefix_key("g1", WIN[:1]) != prefix_key("g2", WIN[:1])
+
+
+def test_key_is_the_full_prefix_not_the_state_alone():
+    # Same current observation and action at step 1, different earlier action: different keys.
+    a = episode("g", [("o0", "x"), ("o1", "a1")], won=True)
+    b = episode("g", [("o0", "y"), ("o1", "a1")], won=False)
+    targets = mc_q_targets([a, b], gamma=0.9, val_fraction=0.0)
+    assert len(targets) == 4 and {t.q for t in targets if t.step_index == 1} == {1.0, 0.0}
+    assert targets[0].key == prefix_key("g", [("o0", "x")])
+
+
+def test_state_fields_and_prompt_state():
+    records = [episode("g", WIN, won=True)]
+    target = mc_q_targets(records, gamma=0.9, val_fraction=0.0)[2]
+    assert target.state == {"task": "put a mug in cabinet", "observation": "o2", "admissible_actions": ["a2", "look"],
+                            "history": [("o0", "a0"), ("o1", "a1")], "task_type": "pick_and_place_simple"}
+    assert target.response == "a2" and target.action == "a2" and target.split == "train"
+    assert state_from_target(target) == PromptState.from_trajectory(records[0], 2)
+
+
+def test_state_key_groups_sibling_actions_only():
+    records = [episode("g", [("o0", "a0"), ("o1", "a1")], won=True), episode("g", [("o0", "a0"), ("o1", "b1")], False)]
+    targets = mc_q_targets(records, gamma=0.9, val_fraction=0.0)
+    keys = [state_key(t) for t in targets]
+    assert keys[1] == keys[2] and keys[0] != keys[1]
+
+
+def test_split_is_by_game_and_stable():
+    games = [f"train/game_{i}" for i in range(40)]
+    records = [episode(g, WIN, won=i % 2 == 0) for i, g in enumerate(games)]
+    records += [episode(g, [("o0", "a0"), ("o9", "z")], won=False) for g in games]
+    targets = mc_q_targets(records, gamma=0.9, val_fraction=0.3)
+    splits: dict[str, set[str]] = {}
+    for target in targets:
+        splits.setdefault(target.game_id, set()).add(target.split)
+    assert all(len(s) == 1 for s in splits.values())  # every key of a game on one side
+    assert {g for g, s in splits.items() if s == {"val"}} == {g for g in games if in_validation(g, 0.3)}
+    assert 0 < sum(s == {"val"} for s in splits.values()) < 40
+    again = mc_q_targets(list(reversed(records)), gamma=0.9, val_fraction=0.3)
+    assert {t.key: t.split for t in again} == {t.key: t.split for t in targets}
+    assert all(t.split == "train" for t in mc_q_targets(records, gamma=0.9, val_fraction=0.0))
+
+
+def test_parquet_round_trip_is_exact(tmp_path):
+    records = [episode("g1", WIN, won=True), episode("g1", [("o0", "a0"), ("o1", "b1")], won=False),
+               episode("g2", [("o0", "a0")], won=True, task="héat — a mug\nnow")]
+    targets = mc_q_targets(records, gamma=0.95, val_fraction=0.5)
+    path = tmp_path / "targets" / "q.parquet"
+    assert targets_to_parquet(targets, path) == len(targets)
+    assert targets_from_parquet(path) == targets
+    schema = pq.read_schema(path)
+    history = schema.field("state").type.field("history").type
+    assert history.value_type.names == ["observation", "action"]
+    assert not list(path.parent.glob("*.tmp"))
+    targets_to_parquet([], tmp_path / "empty.parquet")
+    assert targets_from_parquet(tmp_path / "empty.parquet") == []
+
+
+def test_reading_another_parquet_file_fails_clearly(tmp_path):
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "other.parquet")
+    with pytest.raises(ValueError, match="not an MC target file"):
+        targets_from_parquet(tmp_path / "other.parquet")
+
+
+def test_histogram_and_argument_checks():
+    targets = mc_q_targets([episode("g", WIN, won=True), episode("h", WIN, won=False)], gamma=0.5, val_fraction=0.0)
+    assert target_histogram(targets, bins=4) == [3, 1, 1, 1]  # 0,0,0 | 0.25 | 0.5 | 1.0 (last bin closed)
+    assert target_histogram(targets, bins=1) == [6]
+    with pytest.raises(ValueError, match="gamma"):
+        mc_q_targets([], gamma=0.0)
+    with pytest.raises(ValueError, match="val_fraction"):
+        mc_q_targets([], gamma=0.9, val_fraction=1.0)
