@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 from agentprm import __version__
 from agentprm.envs.base import EnvError
@@ -171,13 +172,51 @@ def cmd_sft(args) -> int:
         print(describe(SFTConfig))
         return 0
     _quiet_transformers()
-    config_path, overrides = args.config, list(args.overrides)
-    if config_path and "=" in config_path:  # no YAML file: the first positional is already an override
-        config_path, overrides = None, [config_path] + overrides
-    config = load_config(SFTConfig, config_path, overrides)
+    config = load_config(SFTConfig, *_config_and_overrides(args))
     summary = train_sft(config)
     print(f"SFT finished at step {summary['step']}: train loss {summary['train_loss']:.4f}, validation loss "
           f"{summary['val_loss']:.4f}, {summary['tokens_per_s']:.0f} tokens/s; model in {config.out}/model")
+    return 0
+
+
+def _config_and_overrides(args) -> tuple[str | None, list[str]]:
+    config_path, overrides = args.config, list(args.overrides)
+    if config_path and "=" in config_path:  # no YAML file: the first positional is already an override
+        config_path, overrides = None, [config_path] + overrides
+    return config_path, overrides
+
+
+def cmd_run(args) -> int:
+    from agentprm.config import describe, load_config
+    from agentprm.pipeline.run import run
+    from agentprm.pipeline.run_config import RunConfig
+
+    if args.describe:
+        print(describe(RunConfig))
+        return 0
+    config_path, overrides = _config_and_overrides(args)
+    config = load_config(RunConfig, config_path, overrides)  # every key checked before any work
+    _quiet_transformers()
+    out = args.out or f"runs/{Path(config_path).stem if config_path else 'run'}"
+    summary = run(config, out)
+    from agentprm.pipeline.report import results_table
+
+    print(results_table(summary["rows"]))
+    print(f"\nRun directory: {out} (report.md, summary.json, plots/)")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from agentprm.config import load_config
+    from agentprm.pipeline.run_config import RunConfig
+    from agentprm.pipeline.run_report import write_run_report
+
+    run_dir = Path(args.run)
+    if not (run_dir / "config.yaml").is_file():
+        raise EnvError(f"{run_dir} is not a run directory (no config.yaml)")
+    config = load_config(RunConfig, run_dir / "config.yaml")
+    write_run_report(run_dir, config, 0.0)
+    print(f"Rebuilt {run_dir / 'report.md'} and {run_dir / 'summary.json'}")
     return 0
 
 
@@ -250,6 +289,21 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--describe", action="store_true", help="list every config key with its default and meaning")
     sft.set_defaults(func=cmd_sft)
 
+    run = sub.add_parser("run", help="the whole AgentPRM loop, resumable",
+                         description="Games -> demonstrations -> model -> SFT pi_0 -> K iterations of rollouts, "
+                                     "targets, PRM, online DPO and evaluation -> report.md. Rerunning an "
+                                     "interrupted run directory resumes it.")
+    run.add_argument("config", nargs="?", default=None, help="YAML config, e.g. configs/quickstart.yaml")
+    run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. iterations=2 prm.lr=1e-3")
+    run.add_argument("--out", default=None, help="run directory (default runs/<config name>)")
+    run.add_argument("--describe", action="store_true", help="list every config key with its default and meaning")
+    run.set_defaults(func=cmd_run)
+
+    report = sub.add_parser("report", help="rebuild report.md, summary.json and plots of a run directory",
+                            description="Rebuild the report of a run directory from its finished stages.")
+    report.add_argument("run", help="run directory")
+    report.set_defaults(func=cmd_report)
+
     parquet = sub.add_parser("parquet", help="convert trajectory JSONL to Parquet",
                              description="Convert a trajectory JSONL file to Parquet (datasets/pandas readable).")
     parquet.add_argument("input", help="trajectory JSONL file")
@@ -260,15 +314,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may follow options (`run cfg.yaml --out RUN prm.lr=1e-3`): argparse leaves them over.
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from agentprm.algorithms.sft import SFTError
     from agentprm.config import ConfigError
+    from agentprm.pipeline.report import SummaryError
     from agentprm.data.jsonl import CorruptFileError
     from agentprm.data.records import RecordError
 
     try:
         return args.func(args)
-    except (EnvError, CorruptFileError, RecordError, ConfigError, SFTError, FileNotFoundError, FileExistsError) as error:
+    except (EnvError, CorruptFileError, RecordError, ConfigError, SFTError, SummaryError, FileNotFoundError,
+            FileExistsError) as error:
         print(f"agentprm {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -150,12 +150,17 @@ def to_dict(config: Any) -> dict:
     return dataclasses.asdict(config)
 
 
-def describe(cls: type) -> str:
-    """One line per field: dotted name, type, default and help text (for ``--help`` and documentation)."""
+def describe(cls: type, prefix: str = "") -> str:
+    """One line per field, nested dataclasses expanded: dotted name, type, default and help text."""
     lines = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        name = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            lines.append(f"{name}: {f.metadata.get('help', '')}")
+            lines.append(describe(hints[f.name], prefix=name + "."))
+            continue
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
-        lines.append(f"{f.name} ({_type_name(hints[f.name])}, default {default!r}): {f.metadata.get('help', '')}")
+        lines.append(f"{name} ({_type_name(hints[f.name])}, default {default!r}): {f.metadata.get('help', '')}")
     return "\n".join(lines)

