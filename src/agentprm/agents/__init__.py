@@ -1,1 +1,1 @@
-"""Agents that act in the batched runner: the policy agent (here), later Best-of-N and steered agents."""
+"""Agents that act in the batched runner: the policy agent and the PRM-guided Best-of-N agent."""

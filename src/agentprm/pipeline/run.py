@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from agentprm.config import to_dict
+from agentprm.config import ConfigError, to_dict
 from agentprm.envs.base import Game
 from agentprm.envs.registry import list_games
 from agentprm.pipeline.run_config import RunConfig
@@ -72,7 +72,7 @@ def prepare_run_dir(config: RunConfig, run_dir: Path) -> None:
         old, new = yaml.safe_load(path.read_text()), to_dict(config)
         changed = sorted(k for k in set(old) | set(new) if k not in ignored and old.get(k) != new.get(k))
         if changed:
-            raise ValueError(f"{run_dir} was started with a different config (changed: {', '.join(changed)}); "
+            raise ConfigError(f"{run_dir} was started with a different config (changed: {', '.join(changed)}); "
                              f"use a new --out folder or restore the config")
     path.write_text(resolved)
 

@@ -1,0 +1,110 @@
+"""`agentprm run` end to end at toy scale, and the resume contract: kill after the PRM stage, rerun, same summary."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from agentprm.config import ConfigError, load_config
+from agentprm.pipeline.report import read_summary
+from agentprm.pipeline.run_config import RunConfig
+
+
+def tiny_config(root) -> dict:
+    return {
+        "games": {"root": str(root), "train": 6, "eval_split": "unseen", "eval_games": 6},
+        "model": {"source": "embedded", "preset": "tiny", "vocab_size": 1024},
+        "sft": {"max_steps": 20, "batch_size": 8, "val_fraction": 0.0, "eval_every": 10, "save_every": 10},
+        "iterations": 1,
+        "rollouts": {"episodes_per_game": 2, "temperature": 1.0, "max_steps": 8},
+        "prm": {"lr": 0.001, "max_steps": 8, "batch_size": 16, "eval_every": 4},
+        "dpo": {"lr": 0.0001, "steps": 3, "states_per_step": 4, "samples_per_state": 2, "temperature": 1.0},
+        "eval": {"max_steps": 8, "bon_n": 2, "bon_curve": [1, 2]},
+        "num_envs": 6,
+        "seed": 0,
+        "progress": False,
+    }
+
+
+def run_cli(config_path, out, **popen):
+    return subprocess.Popen([sys.executable, "-m", "agentprm.cli", "run", str(config_path), "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+@pytest.fixture(scope="module")
+def config_file(alfworld_root, tmp_path_factory):
+    root, _ = alfworld_root
+    path = tmp_path_factory.mktemp("run_config") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(root)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def straight_run(config_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "straight"
+    process = run_cli(config_file, out)
+    output, _ = process.communicate(timeout=1800)
+    assert process.returncode == 0, output
+    return out, output
+
+
+def test_a_run_produces_the_papers_table_shape(straight_run):
+    out, output = straight_run
+    summary = read_summary(out / "summary.json")
+    labels = [(r["agent"], r["kind"], r["prm"], r["n"]) for r in summary["rows"]]
+    assert labels == [("pi_0", "policy", None, 1), ("pi_0", "bon", "Q_0", 2), ("pi_1", "policy", None, 1),
+                      ("pi_1", "bon", "Q_0", 2), ("pi_1", "bon", "Q_0", 1)]
+    assert summary["eval_games"] == 6 and summary["max_steps"] == 8
+    for row in summary["rows"]:
+        assert 0 <= row["ci95"][0] <= row["success"] <= row["ci95"][1] <= 1 and row["episodes"] == 6
+    report = (out / "report.md").read_text()
+    assert "BoN(pi_1, Q_0), N=2" in report and "success_per_iteration.png" in report
+    for name in ("config.yaml", "manifest.json", "metrics.jsonl", "iter_1/targets/targets.parquet",
+                 "iter_1/prm/model/config.json", "iter_1/policy/model/config.json", "plots/best_of_n.png"):
+        assert (out / name).exists(), name
+    stages = {json.loads(line)["stage"] for line in (out / "metrics.jsonl").read_text().splitlines()}
+    assert {"sft", "targets", "prm", "dpo"} <= stages
+    assert not list(out.rglob("*.partial"))
+
+
+def test_killed_after_the_prm_stage_resumes_to_the_same_summary(config_file, straight_run, tmp_path):
+    out = tmp_path / "killed"
+    process = run_cli(config_file, out, start_new_session=True)
+    deadline = time.time() + 1800
+    while not (out / "iter_1" / "prm").is_dir():  # the PRM stage has just completed (renamed)
+        assert process.poll() is None, process.stdout.read()
+        assert time.time() < deadline
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "summary.json").exists()
+
+    resumed = run_cli(config_file, out)
+    output, _ = resumed.communicate(timeout=1800)
+    assert resumed.returncode == 0, output
+    assert "[skip] prm (complete)" in output and "[skip] rollouts (complete)" in output
+    straight, again = read_summary(straight_run[0] / "summary.json"), read_summary(out / "summary.json")
+    assert again["rows"] == straight["rows"]
+
+
+def test_a_changed_config_is_refused_in_an_existing_run(config_file, straight_run):
+    out, _ = straight_run
+    process = subprocess.run([sys.executable, "-m", "agentprm.cli", "run", str(config_file), "--out", str(out),
+                              "iterations=2"], capture_output=True, text=True, timeout=300)
+    assert process.returncode == 2 and "different config (changed: iterations)" in process.stderr
+
+
+def test_shipped_configs_load_and_validate():
+    from pathlib import Path
+
+    configs = sorted(Path(__file__).parents[2].joinpath("configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        load_config(RunConfig, path)
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(RunConfig, {"prm": {"learning_rate": 1}})
