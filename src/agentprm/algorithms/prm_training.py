@@ -1,0 +1,414 @@
+"""PRM training (AgentPRM stage 2): fit Q_phi(s, a) = sigmoid(z_phi(s, a)) to the Monte Carlo targets Q_hat.
+
+Absolute loss (Eq. 2, default), soft binary cross-entropy against the soft label Q_hat in [0, 1]:
+
+    L_BCE = - mean[ Q_hat * log sigmoid(z) + (1 - Q_hat) * log(1 - sigmoid(z)) ]
+
+Relative loss (paper Section 4, "relative loss"): Bradley-Terry on ordered pairs (a1, a2) of actions at the SAME
+state (same game, history and observation) with Q_hat(s, a1) - Q_hat(s, a2) >= delta (0.03):
+
+    L_BT = - mean[ log sigmoid(z(s, a1) - z(s, a2)) ]
+
+The PRM reads ``render_prompt(state) + response`` (``ProcessRewardModel``'s sequence) and is initialised from the
+policy's backbone with a zero head (every initial score 0.5) or from scratch. AdamW, linear warm-up then cosine decay
+(``sft.lr_lambda``), gradient clipping, seeded batch order (``sft.batch_order``); trains on the "train" split of the
+targets (split BY GAME in ``mc_targets``) and validates on the "val" split:
+
+* ``validation_bce``: L_BCE of the scores against Q_hat;
+* ``early_step_auc``: per validation EPISODE, the mean PRM score of its first ``first_steps`` steps predicts whether
+  the episode was won (Mann-Whitney AUC; "can the PRM tell success from the first steps?");
+* ``calibration_bins`` / ``expected_calibration_error``: equal-width bins of the score, mean score vs mean Q_hat.
+
+Outputs in ``out_dir``: ``model/`` (``save_pretrained``, written atomically), ``validation.json`` (the report, with
+the calibration bins the report module plots), ``val_predictions.jsonl`` (key, q, score per validation target),
+``prm_summary.json`` and ``metrics.jsonl`` (unless a logger is passed in). No mid-run checkpoint: a PRM run is one
+pipeline stage that is redone whole when interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from agentprm.algorithms.mc_targets import QTarget, state_from_target, state_key, target_histogram
+from agentprm.algorithms.sft import batch_order, lr_lambda
+from agentprm.metrics import MetricsLogger
+from agentprm.models.policy import encode_prompts, encode_responses, eval_no_grad, left_pad, tokenizer_adds_bos
+from agentprm.models.prompts import PromptConfig, render_prompt
+
+
+@dataclass
+class PRMTrainConfig:
+    loss: Literal["soft_bce", "bradley_terry"] = field(
+        default="soft_bce", metadata={"help": "soft_bce: absolute loss on Q_hat (paper default); bradley_terry: "
+                                              "relative loss on pairs of actions at the same state"})
+    bt_delta: float = field(default=0.03, metadata={"help": "Bradley-Terry pairs need Q_hat(a1) - Q_hat(a2) >= this"})
+    lr: float = field(default=5e-5, metadata={"help": "peak learning rate (pretrained models: 5e-5 as in the paper; "
+                                                      "tiny from-scratch models want ~1e-3)"})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "final lr of the cosine decay, as a fraction of lr"})
+    epochs: float = field(default=1.0, metadata={"help": "passes over the training targets (or pairs)"})
+    max_steps: int = field(default=0, metadata={"help": "optimiser steps (0 = from epochs)"})
+    batch_size: int = field(default=16, metadata={"help": "targets (or pairs) per micro-batch"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimiser step"})
+    max_length: int = field(default=512, metadata={"help": "tokens per sequence; longer prompts lose old context"})
+    warmup_steps: int = field(default=10, metadata={"help": "linear warm-up steps"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
+    seed: int = field(default=0, metadata={"help": "seeds the head / scratch init and the batch order"})
+    init: Literal["policy", "scratch"] = field(
+        default="policy", metadata={"help": "policy: copy the policy's backbone (as in AgentPRM); scratch: random "
+                                            "backbone with the policy's architecture and tokenizer"})
+    eval_every: int = field(default=50, metadata={"help": "validation BCE every N steps (and at the end)"})
+    eval_batch_size: int = field(default=32, metadata={"help": "sequences per batch when scoring"})
+    calibration_bins: int = field(default=10, metadata={"help": "equal-width score bins in the calibration report"})
+    first_steps: int = field(default=3, metadata={"help": "early-step AUC uses each episode's first N steps"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def validate(self) -> None:
+        for name in ("batch_size", "grad_accum", "max_length", "eval_every", "eval_batch_size", "calibration_bins",
+                     "first_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.epochs <= 0:
+            raise ValueError("lr and epochs must be > 0")
+        if self.bt_delta <= 0:
+            raise ValueError(f"bt_delta must be > 0 (pairs need a strict preference), got {self.bt_delta}")
+        if self.max_steps < 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError("max_steps and warmup_steps must be >= 0 and min_lr_ratio in [0, 1]")
+
+
+class PRMTrainError(ValueError):
+    """Bad input detected before training starts (missing model, no training targets or pairs)."""
+
+
+# -- losses (pure) ---------------------------------------------------------------------------------------------------
+
+
+def soft_bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """-mean[q log sigmoid(z) + (1 - q) log(1 - sigmoid(z))]; logits (B,) and soft targets q (B,) in [0, 1]."""
+    return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype))
+
+
+def bradley_terry_loss(logit_a: torch.Tensor, logit_b: torch.Tensor) -> torch.Tensor:
+    """-mean log sigmoid(z_a - z_b) for pairs (B,) where a is the preferred action."""
+    return -F.logsigmoid(logit_a - logit_b).mean()
+
+
+def select_bt_pairs(targets: Sequence[QTarget], delta: float) -> list[tuple[int, int]]:
+    """Every ordered pair (i, j) of targets at the same state with q_i - q_j >= delta (i preferred).
+
+    Order: states by first appearance, then i, then j in target order.
+    """
+    groups: dict[str, list[int]] = {}
+    for index, target in enumerate(targets):
+        groups.setdefault(state_key(target), []).append(index)
+    return [(i, j) for members in groups.values() for i in members for j in members
+            if targets[i].q - targets[j].q >= delta]
+
+
+# -- validation metrics (pure) ---------------------------------------------------------------------------------------
+
+
+def validation_bce(scores: Sequence[float], targets: Sequence[float], eps: float = 1e-7) -> float:
+    """-mean[q log p + (1 - q) log(1 - p)] for scores p (clipped to [eps, 1 - eps]) and Q_hat q; nan if empty."""
+    if len(scores) != len(targets):
+        raise ValueError(f"{len(scores)} scores but {len(targets)} targets")
+    if not scores:
+        return math.nan
+    total = 0.0
+    for p, q in zip(scores, targets):
+        p = min(max(p, eps), 1 - eps)
+        total -= q * math.log(p) + (1 - q) * math.log(1 - p)
+    return total / len(scores)
+
+
+def auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
+    """Mann-Whitney AUC = P(score_pos > score_neg) + 1/2 P(tie); nan without both classes."""
+    n_pos = sum(bool(label) for label in labels)
+    n_neg = len(labels) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    ranked = sorted(zip(scores, (bool(label) for label in labels)))
+    rank_sum, start = 0.0, 0
+    while start < len(ranked):  # tied scores share the average of their 1-based ranks
+        end = start
+        while end < len(ranked) and ranked[end][0] == ranked[start][0]:
+            end += 1
+        rank_sum += (start + 1 + end) / 2 * sum(label for _, label in ranked[start:end])
+        start = end
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def early_step_scores(targets: Sequence[QTarget], scores: Sequence[float],
+                      first_steps: int = 3) -> tuple[list[float], list[bool]]:
+    """Per episode (every episode visiting the targets): mean score of its first ``first_steps`` steps, and won."""
+    sums: dict[int, list[float]] = {}
+    won: dict[int, bool] = {}
+    for target, score in zip(targets, scores, strict=True):
+        if target.step_index >= first_steps:
+            continue
+        for episode, episode_won in zip(target.episode_indices, target.episode_won):
+            sums.setdefault(episode, []).append(score)
+            won[episode] = episode_won
+    episodes = sorted(sums)
+    return [sum(sums[e]) / len(sums[e]) for e in episodes], [won[e] for e in episodes]
+
+
+def early_step_auc(targets: Sequence[QTarget], scores: Sequence[float], first_steps: int = 3) -> float:
+    """AUC of predicting each episode's success from the mean PRM score of its first ``first_steps`` steps."""
+    return auc(*early_step_scores(targets, scores, first_steps))
+
+
+def calibration_bins(scores: Sequence[float], targets: Sequence[float], bins: int = 10) -> list[dict[str, Any]]:
+    """Equal-width score bins [lo, hi) (the last closed) with count, mean score and mean Q_hat (None when empty)."""
+    if len(scores) != len(targets):
+        raise ValueError(f"{len(scores)} scores but {len(targets)} targets")
+    members: list[list[tuple[float, float]]] = [[] for _ in range(bins)]
+    for p, q in zip(scores, targets):
+        members[min(max(int(p * bins), 0), bins - 1)].append((p, q))
+    rows = []
+    for index, pairs in enumerate(members):
+        count = len(pairs)
+        rows.append({"lo": index / bins, "hi": (index + 1) / bins, "count": count,
+                     "mean_pred": sum(p for p, _ in pairs) / count if count else None,
+                     "mean_target": sum(q for _, q in pairs) / count if count else None})
+    return rows
+
+
+def expected_calibration_error(scores: Sequence[float], targets: Sequence[float], bins: int = 10) -> float:
+    """ECE = sum_b (n_b / N) |mean score_b - mean Q_hat_b| over the bins of :func:`calibration_bins`; nan if empty."""
+    if not scores:
+        return math.nan
+    rows = calibration_bins(scores, targets, bins)
+    return sum(r["count"] / len(scores) * abs(r["mean_pred"] - r["mean_target"]) for r in rows if r["count"])
+
+
+def prm_validation_report(targets: Sequence[QTarget], scores: Sequence[float], bins: int = 10,
+                          first_steps: int = 3) -> dict[str, Any]:
+    """Every validation metric in one JSON-ready dict (non-finite values become None)."""
+    q = [t.q for t in targets]
+    episode_scores, episode_won = early_step_scores(targets, scores, first_steps)
+    report = {
+        "num_targets": len(targets), "num_games": len({t.game_id for t in targets}),
+        "num_episodes": len(episode_won), "episode_success": _mean([float(w) for w in episode_won]),
+        "bce": validation_bce(scores, q), "mean_score": _mean(scores), "mean_target": _mean(q),
+        "step_auc": auc(scores, [value > 0 for value in q]),  # does the key lead to any success?
+        "early_step_auc": auc(episode_scores, episode_won), "first_steps": first_steps,
+        "ece": expected_calibration_error(scores, q, bins), "calibration": calibration_bins(scores, q, bins),
+        "target_histogram": target_histogram(targets, bins),
+    }
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in report.items()}
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+# -- trainer ---------------------------------------------------------------------------------------------------------
+
+
+class _LogitModule(torch.nn.Module):
+    """The PRM's HF model as an ``nn.Module`` whose forward is ``ProcessRewardModel.forward_ids`` (our pooling), so
+    accelerate/DDP wrap the call that actually computes the logits."""
+
+    def __init__(self, prm: Any) -> None:
+        super().__init__()
+        self.model = prm.model
+        self._forward_ids = prm.forward_ids
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, L) -> (B,)
+        return self._forward_ids(ids, mask)
+
+
+def encode_targets(targets: Sequence[QTarget], tokenizer: Any, prompt_config: PromptConfig,
+                   max_length: int) -> list[list[int]]:
+    """Token ids of render_prompt(state) + response + EOS per target; over-long prompts lose their left part."""
+    prompts = [render_prompt(state_from_target(t), prompt_config, tokenizer) for t in targets]
+    keep_bos = tokenizer_adds_bos(tokenizer)
+    sequences = []
+    for prompt, response in zip(encode_prompts(tokenizer, prompts),
+                                encode_responses(tokenizer, [t.response for t in targets])):
+        room = max_length - len(response)
+        if room < 2:
+            raise PRMTrainError(f"max_length {max_length} leaves no room for a prompt (response: {len(response)})")
+        if len(prompt) > room:  # drop the oldest context, keep the BOS the tokenizer adds
+            prompt = prompt[:1] + prompt[len(prompt) - room + 1:] if keep_bos else prompt[len(prompt) - room:]
+        sequences.append(prompt + response)
+    return sequences
+
+
+def predict_scores(module: torch.nn.Module, sequences: Sequence[list[int]], pad_id: int, device: Any,
+                   batch_size: int = 32) -> list[float]:
+    """sigmoid(logit) per sequence, no grad, eval mode, length-sorted batches."""
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    scores = [0.0] * len(sequences)
+    with eval_no_grad(module):
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            logits = module(*left_pad([sequences[i] for i in chunk], pad_id, device))
+            for i, value in zip(chunk, torch.sigmoid(logits).tolist()):
+                scores[i] = value
+    return scores
+
+
+def _load_prm(config: PRMTrainConfig, init_model_path: str | Path, device: Any) -> Any:
+    from transformers import AutoConfig, AutoTokenizer
+
+    from agentprm.models.checkpoints import check_model_source
+    from agentprm.models.prm import ProcessRewardModel
+
+    try:
+        source = check_model_source(init_model_path)
+    except (FileNotFoundError, ValueError) as error:
+        raise PRMTrainError(f"PRM init model: {error}") from None
+    torch.manual_seed(config.seed)
+    if config.init == "policy":
+        return ProcessRewardModel.from_policy(source, device=device)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    return ProcessRewardModel.from_scratch(tokenizer, AutoConfig.from_pretrained(source), device=device)
+
+
+def _loss(module, items, batch, sequences, q, loss_kind, pad_id, device) -> torch.Tensor:
+    """Loss of one micro-batch: ``batch`` indexes ``items`` (target indices, or (preferred, other) pairs)."""
+    if loss_kind == "soft_bce":
+        rows = [items[k] for k in batch]
+        logits = module(*left_pad([sequences[i] for i in rows], pad_id, device))  # (B,)
+        return soft_bce_loss(logits, torch.tensor([q[i] for i in rows], device=device))
+    pairs = [items[k] for k in batch]
+    seqs = [sequences[a] for a, _ in pairs] + [sequences[b] for _, b in pairs]
+    logits = module(*left_pad(seqs, pad_id, device))  # (2B,): preferred first, then the others
+    return bradley_terry_loss(logits[: len(pairs)], logits[len(pairs):])
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _save_model_atomic(prm: Any, folder: Path, card: dict[str, Any]) -> None:
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    prm.save_pretrained(tmp)
+    (tmp / "agentprm_prm.json").write_text(json.dumps(card, indent=2) + "\n")
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+
+
+def train_prm(config: PRMTrainConfig, targets: list[QTarget], init_model_path: str | Path, out_dir: str | Path,
+              prompt_config: PromptConfig, metrics: MetricsLogger | None = None, iteration: int = 0) -> dict:
+    """Train a PRM on the "train" targets, validate on the "val" ones, save ``out_dir/model``; return a summary.
+
+    ``metrics``: a logger to write to (e.g. the run's); default ``out_dir/metrics.jsonl`` with stage "prm" and
+    ``iteration``.
+    """
+    from accelerate import Accelerator
+    from tqdm import tqdm
+
+    config.validate()
+    out = Path(out_dir)
+    train = [t for t in targets if t.split == "train"]
+    val = [t for t in targets if t.split == "val"]
+    items = list(range(len(train))) if config.loss == "soft_bce" else select_bt_pairs(train, config.bt_delta)
+    if not items:
+        raise PRMTrainError(f"no training {'targets' if config.loss == 'soft_bce' else 'pairs'} "
+                            f"({len(train)} train targets; bt_delta={config.bt_delta})")
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    device = accelerator.device
+    prm = _load_prm(config, init_model_path, device)
+    train_seqs = encode_targets(train, prm.tokenizer, prompt_config, config.max_length)
+    val_seqs = encode_targets(val, prm.tokenizer, prompt_config, config.max_length)
+    train_q, val_q = [t.q for t in train], [t.q for t in val]
+
+    # -- schedule ----------------------------------------------------------------------------------------------------
+    steps_per_epoch = max(1, math.ceil(math.ceil(len(items) / config.batch_size) / config.grad_accum))
+    total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+    module = _LogitModule(prm)
+    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=config.lr,
+                                  weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_lambda(s, config.warmup_steps, total_steps, config.min_lr_ratio))
+    module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
+    own_metrics = metrics is None
+    if own_metrics:
+        metrics = MetricsLogger(out / "metrics.jsonl", "prm", iteration=iteration, tensorboard_dir=out / "tensorboard")
+
+    def micro_batch_loss(batch: list[int]) -> torch.Tensor:
+        return _loss(module, items, batch, train_seqs, train_q, config.loss, prm.pad_id, device)
+
+    def val_scores() -> list[float]:
+        return predict_scores(module, val_seqs, prm.pad_id, device, config.eval_batch_size)
+
+    # -- training ----------------------------------------------------------------------------------------------------
+    start_time, losses = time.perf_counter(), []
+    try:
+        module.train()
+        for step in tqdm(range(1, total_steps + 1), desc="prm", disable=not config.progress):
+            epoch, within = divmod(step - 1, steps_per_epoch)
+            window = batch_order(len(items), config.batch_size, config.seed, epoch)
+            window = window[within * config.grad_accum: (within + 1) * config.grad_accum]
+            window = window[accelerator.process_index:: accelerator.num_processes] or window[:1]
+            losses.append(_optimiser_step(window, micro_batch_loss, module, optimizer, scheduler, accelerator,
+                                          config.max_grad_norm))
+            metrics.log(step, loss=losses[-1], lr=scheduler.get_last_lr()[0])
+            if val and (step % config.eval_every == 0 or step == total_steps):
+                metrics.log(step, val_bce=validation_bce(val_scores(), val_q))
+    finally:
+        if own_metrics:
+            metrics.close()
+
+    # -- validation report, summary, save ----------------------------------------------------------------------------
+    scores = val_scores()
+    report = prm_validation_report(val, scores, config.calibration_bins, config.first_steps)
+    sample = list(range(0, len(train), math.ceil(len(train) / 128) or 1))  # at most 128 train targets
+    train_scores = predict_scores(module, [train_seqs[i] for i in sample], prm.pad_id, device, config.eval_batch_size)
+    summary = {"steps": total_steps, "loss": config.loss, "train_targets": len(train), "val_targets": len(val),
+               "train_items": len(items), "first_loss": losses[0], "final_loss": losses[-1],
+               "train_bce": validation_bce(train_scores, [train_q[i] for i in sample]), "val_bce": report["bce"],
+               "early_step_auc": report["early_step_auc"], "ece": report["ece"],
+               "seconds": time.perf_counter() - start_time, "model": str(out / "model")}
+    if accelerator.is_main_process:
+        _write_outputs(out, prm, config, report, summary, val, scores, iteration)
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def _optimiser_step(window, micro_batch_loss, module, optimizer, scheduler, accelerator, max_grad_norm) -> float:
+    """One update over the micro-batches of ``window``; returns the window's mean loss."""
+    window_size, loss_sum = sum(len(batch) for batch in window), 0.0
+    for batch in window:
+        loss = micro_batch_loss(batch)
+        accelerator.backward(loss * len(batch) / window_size)  # window mean = one large batch's mean
+        loss_sum += loss.item() * len(batch)
+    if max_grad_norm > 0:
+        accelerator.clip_grad_norm_(module.parameters(), max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum / window_size
+
+
+def _write_outputs(out: Path, prm: Any, config: PRMTrainConfig, report: dict, summary: dict,
+                   val: Sequence[QTarget], val_scores: Sequence[float], iteration: int) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    _save_model_atomic(prm, out / "model", {"config": asdict(config), "iteration": iteration,
+                                            "train_targets": summary["train_targets"]})
+    _write_json_atomic(out / "validation.json", report)
+    lines = [json.dumps({"key": t.key, "game_id": t.game_id, "step_index": t.step_index, "q": t.q, "score": s})
+             for t, s in zip(val, val_scores)]
+    tmp = out / ".val_predictions.jsonl.tmp"
+    tmp.write_text("".join(line + "\n" for line in lines))
+    os.replace(tmp, out / "val_predictions.jsonl")
+    _write_json_atomic(out / "prm_summary.json", summary)

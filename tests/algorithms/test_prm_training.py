@@ -1,0 +1,212 @@
+"""PRM training: losses, pair selection and validation metrics against hand-computed numbers; a tiny real run."""
+
+import copy
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from agentprm.algorithms.mc_targets import mc_q_targets, state_from_target
+from agentprm.algorithms.prm_training import (
+    PRMTrainConfig,
+    PRMTrainError,
+    auc,
+    bradley_terry_loss,
+    calibration_bins,
+    early_step_auc,
+    early_step_scores,
+    expected_calibration_error,
+    prm_validation_report,
+    select_bt_pairs,
+    soft_bce_loss,
+    train_prm,
+    validation_bce,
+)
+from agentprm.config import ConfigError, load_config
+from agentprm.data import StepRecord, TrajectoryRecord, read_trajectories
+from agentprm.metrics import read_metrics
+from agentprm.models.prompts import PromptConfig, render_prompt
+
+LN2, LN3 = math.log(2.0), math.log(3.0)
+
+
+def episode(game: str, actions: list[str], won: bool, observations: list[str] | None = None) -> TrajectoryRecord:
+    observations = observations or [f"o{i}" for i in range(len(actions))]
+    steps = [StepRecord(observation=obs, admissible_actions=[action], response=action, reason="", action=action,
+                        admissible=True, reward=0.0, done=False, won=False)
+             for obs, action in zip(observations, actions)]
+    return TrajectoryRecord(env="alfworld", env_version="test", game_id=game, split="train", task="t",
+                            task_type="pick_and_place_simple", policy_id="pi", seed=0, steps=steps, won=won,
+                            total_reward=float(won), final_observation="")
+
+
+# -- losses ----------------------------------------------------------------------------------------------------------
+
+
+def test_soft_bce_by_hand_and_stable_at_large_logits():
+    loss = soft_bce_loss(torch.tensor([0.0, LN3]), torch.tensor([0.5, 1.0]))  # sigmoid(ln 3) = 3/4
+    assert loss.item() == pytest.approx((LN2 - math.log(0.75)) / 2, rel=1e-6)
+    soft = soft_bce_loss(torch.tensor([LN3]), torch.tensor([0.25]))
+    assert soft.item() == pytest.approx(-(0.25 * math.log(0.75) + 0.75 * math.log(0.25)), rel=1e-6)
+    extreme = soft_bce_loss(torch.tensor([100.0, -100.0]), torch.tensor([1.0, 1.0]))
+    assert extreme.item() == pytest.approx(50.0, rel=1e-6)  # (0 + 100) / 2, no inf or nan
+    logits = torch.tensor([0.3], requires_grad=True)
+    soft_bce_loss(logits, torch.tensor([0.8])).backward()
+    assert logits.grad.item() == pytest.approx(torch.sigmoid(torch.tensor(0.3)).item() - 0.8, rel=1e-6)
+
+
+def test_bradley_terry_by_hand():
+    loss = bradley_terry_loss(torch.tensor([LN3, 1.0]), torch.tensor([0.0, 1.0]))
+    assert loss.item() == pytest.approx((-math.log(0.75) + LN2) / 2, rel=1e-6)
+    assert bradley_terry_loss(torch.tensor([-200.0]), torch.tensor([0.0])).item() == pytest.approx(200.0)
+
+
+def test_bt_pairs_are_ordered_same_state_and_above_delta():
+    records = [episode("g", ["a0"], True), episode("g", ["b0"], False), episode("g", ["c0"], True),
+               episode("g", ["c0"], False), episode("g", ["d0", "x"], True), episode("h", ["e0"], False)]
+    targets = mc_q_targets(records, gamma=0.99, val_fraction=0.0)
+    assert [(t.action, t.q) for t in targets] == [("a0", 1.0), ("b0", 0.0), ("c0", 0.5), ("d0", 0.99), ("x", 1.0),
+                                                  ("e0", 0.0)]
+    assert select_bt_pairs(targets, 0.03) == [(0, 1), (0, 2), (2, 1), (3, 1), (3, 2)]  # x and e0: other states
+    assert (0, 3) in select_bt_pairs(targets, 0.005)
+    assert select_bt_pairs(targets, 0.6) == [(0, 1), (3, 1)]
+
+
+# -- validation metrics ----------------------------------------------------------------------------------------------
+
+
+def test_validation_bce_by_hand():
+    assert validation_bce([0.5, 0.75], [0.5, 1.0]) == pytest.approx((LN2 - math.log(0.75)) / 2)
+    assert validation_bce([0.0], [1.0]) == pytest.approx(-math.log(1e-7))  # clipped, finite
+    assert math.isnan(validation_bce([], []))
+
+
+def test_auc_mann_whitney_with_ties():
+    assert auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
+    assert auc([0.2, 0.5, 0.5, 0.9], [0, 1, 0, 1]) == pytest.approx(3.5 / 4)  # the tie counts 1/2
+    assert auc([0.5, 0.5], [True, False]) == 0.5
+    assert auc([0.9, 0.1], [False, True]) == 0.0
+    assert math.isnan(auc([0.1, 0.2], [1, 1]))
+    rng = random.Random(0)
+    scores = [rng.choice([0.1, 0.2, 0.3, 0.4]) for _ in range(40)]
+    labels = [rng.random() < 0.5 for _ in range(40)]
+    pos = [s for s, y in zip(scores, labels) if y]
+    neg = [s for s, y in zip(scores, labels) if not y]
+    brute = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg) / (len(pos) * len(neg))
+    assert auc(scores, labels) == pytest.approx(brute)
+
+
+def test_early_step_auc_is_per_episode():
+    records = [episode("g1", ["a0", "a1", "a2", "a3"], True), episode("g1", ["a0", "b1", "b2"], False),
+               episode("g2", ["c0", "c1"], False)]
+    targets = mc_q_targets(records, gamma=0.9, val_fraction=0.0)
+    by_action = {"a0": 0.6, "a1": 0.8, "b1": 0.2, "c0": 0.5, "c1": 0.95, "a2": 0.0, "a3": 0.0, "b2": 1.0}
+    scores = [by_action[t.action] for t in targets]
+    episode_scores, won = early_step_scores(targets, scores, first_steps=2)
+    assert episode_scores == pytest.approx([0.7, 0.4, 0.725]) and won == [True, False, False]
+    assert early_step_auc(targets, scores, first_steps=2) == pytest.approx(0.5)
+    assert early_step_auc(targets, scores, first_steps=1) == pytest.approx(0.75)  # 0.6 vs (0.6, 0.5)
+
+
+def test_calibration_bins_and_ece_by_hand():
+    scores, q = [0.05, 0.15, 0.12, 1.0, 0.95], [0.0, 0.5, 0.1, 1.0, 0.0]
+    rows = calibration_bins(scores, q, bins=4)
+    assert [(r["lo"], r["hi"], r["count"]) for r in rows] == [(0, 0.25, 3), (0.25, 0.5, 0), (0.5, 0.75, 0),
+                                                              (0.75, 1.0, 2)]
+    assert rows[0]["mean_pred"] == pytest.approx(0.32 / 3) and rows[0]["mean_target"] == pytest.approx(0.2)
+    assert rows[1]["mean_pred"] is None and rows[3]["mean_target"] == pytest.approx(0.5)
+    expected = 0.6 * abs(0.32 / 3 - 0.2) + 0.4 * abs(0.975 - 0.5)
+    assert expected_calibration_error(scores, q, bins=4) == pytest.approx(expected)
+    assert math.isnan(expected_calibration_error([], []))
+
+
+def test_report_is_json_ready():
+    records = [episode("g", ["a0", "a1"], True), episode("g", ["b0"], False)]
+    targets = mc_q_targets(records, gamma=0.5, val_fraction=0.0)
+    report = prm_validation_report(targets, [0.4, 0.9, 0.1], bins=2, first_steps=1)
+    assert report["num_targets"] == 3 and report["num_episodes"] == 2 and report["early_step_auc"] == 1.0
+    assert report["bce"] == pytest.approx(validation_bce([0.4, 0.9, 0.1], [0.5, 1.0, 0.0]))
+    assert [r["count"] for r in report["calibration"]] == [2, 1]
+    json.dumps(report, allow_nan=False)
+    single = prm_validation_report(targets[:2], [0.4, 0.9], first_steps=1)
+    assert single["early_step_auc"] is None and single["step_auc"] is None
+
+
+def test_config_is_validated():
+    assert load_config(PRMTrainConfig, {}).loss == "soft_bce"
+    with pytest.raises(ConfigError, match="loss"):
+        load_config(PRMTrainConfig, {"loss": "hinge"})
+    with pytest.raises(ConfigError, match="bt_delta"):
+        load_config(PRMTrainConfig, {"bt_delta": 0.0})
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(PRMTrainConfig, {"learning_rate": 1e-3})
+
+
+# -- a tiny real run -------------------------------------------------------------------------------------------------
+
+
+def demo_targets(demos_path, val_fraction=0.3):
+    """Expert episodes (won) plus, per game, failed branches that take a wrong action and stop (q = 0 there)."""
+    records = list(read_trajectories(demos_path))
+    failures = []
+    for record in records:
+        for cut in (1, len(record.steps) // 2):
+            failed = copy.deepcopy(record)
+            failed.steps = failed.steps[: cut + 1]
+            last = failed.steps[-1]
+            last.action = last.response = next(a for a in last.admissible_actions if a != last.action)
+            failed.won, failed.total_reward = False, 0.0
+            failures.append(failed)
+    return mc_q_targets(records + failures, gamma=0.9, val_fraction=val_fraction)
+
+
+def test_prm_trains_validates_saves_and_reloads(sft_model, alfworld_demos, tmp_path):
+    from agentprm.models.prm import ProcessRewardModel
+
+    targets = demo_targets(alfworld_demos)
+    val_games = {t.game_id for t in targets if t.split == "val"}
+    assert 0 < len(val_games) < len({t.game_id for t in targets})
+    assert any(t.q == 0 for t in targets) and any(t.q > 0.5 for t in targets)
+    prompt_config = PromptConfig(use_chat_template="never")
+    config = load_config(PRMTrainConfig, {"lr": 2e-3, "max_steps": 12, "batch_size": 8, "warmup_steps": 2,
+                                          "eval_every": 6, "progress": False})
+    summary = train_prm(config, targets, sft_model, tmp_path / "prm", prompt_config, iteration=1)
+
+    # The zero-initialised head scores 0.5 everywhere, so the first loss is exactly ln 2 whatever the targets.
+    losses = [m["value"] for m in read_metrics(tmp_path / "prm" / "metrics.jsonl", "prm", "loss")]
+    assert len(losses) == 12 and losses[0] == pytest.approx(LN2, rel=1e-6)
+    assert sum(losses[-6:]) / 6 < LN2 - 0.02 and summary["train_bce"] < LN2 - 0.02
+    assert len(read_metrics(tmp_path / "prm" / "metrics.jsonl", "prm", "val_bce")) == 2
+    assert read_metrics(tmp_path / "prm" / "metrics.jsonl", "prm", "lr")[0]["iter"] == 1
+    report = json.loads((tmp_path / "prm" / "validation.json").read_text())
+    assert math.isfinite(report["bce"]) and math.isfinite(report["early_step_auc"]) and math.isfinite(report["ece"])
+    assert report["num_games"] == len(val_games) and len(report["calibration"]) == 10
+    assert summary["steps"] == 12 and summary["first_loss"] == pytest.approx(LN2, rel=1e-6)
+
+    predictions = [json.loads(line) for line in (tmp_path / "prm" / "val_predictions.jsonl").read_text().splitlines()]
+    val = [t for t in targets if t.split == "val"]
+    assert [p["key"] for p in predictions] == [t.key for t in val]
+    reloaded = ProcessRewardModel.from_pretrained(tmp_path / "prm" / "model")
+    prompts = [render_prompt(state_from_target(t), prompt_config, reloaded.tokenizer) for t in val]
+    scores = reloaded.score(prompts, [t.response for t in val])
+    assert scores == pytest.approx([p["score"] for p in predictions], abs=1e-5)
+    assert len(set(round(s, 4) for s in scores)) > 1  # the head learned something input-dependent
+
+
+def test_bradley_terry_run_and_bad_inputs(sft_model, alfworld_demos, tmp_path):
+    targets = demo_targets(alfworld_demos)
+    games = sorted({t.game_id for t in targets if t.split == "train"})[:2] + [next(t.game_id for t in targets
+                                                                                if t.split == "val")]
+    targets = [t for t in targets if t.game_id in games]
+    config = load_config(PRMTrainConfig, {"loss": "bradley_terry", "lr": 1e-3, "max_steps": 2, "batch_size": 2,
+                                          "warmup_steps": 0, "init": "scratch", "progress": False})
+    summary = train_prm(config, targets, sft_model, tmp_path / "bt", PromptConfig(use_chat_template="never"))
+    assert summary["train_items"] > 0 and math.isfinite(summary["final_loss"])
+    assert (tmp_path / "bt" / "model" / "agentprm_prm.json").is_file()
+    with pytest.raises(PRMTrainError, match="no training"):
+        train_prm(config, [t for t in targets if t.split == "val"], sft_model, tmp_path / "x", PromptConfig())
+    with pytest.raises(PRMTrainError, match="does not exist"):
+        train_prm(load_config(PRMTrainConfig, {"progress": False}), targets, tmp_path / "missing", tmp_path / "x",
+                  PromptConfig())
