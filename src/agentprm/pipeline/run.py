@@ -16,6 +16,7 @@ Every stage is resumable (``stages.run_stage``); ``summary.json``, ``report.md``
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -39,7 +40,7 @@ class RunContext:
     def games(self, split: str) -> list[Game]:
         if split not in self._games:
             c = self.config.games
-            root = c.root or str(self.dir / "games")
+            root = os.path.expandvars(c.root) if c.root else str(self.dir / "games")
             limit = None
             if c.env == "twx":
                 limit = {"train": c.train, "seen": c.seen, "unseen": c.unseen}.get(split, c.unseen)
