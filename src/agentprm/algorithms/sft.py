@@ -46,10 +46,12 @@ class LoraSettings:
 
 @dataclass
 class SFTConfig:
-    data: str = field(metadata={"help": "trajectory JSONL file(s) of demonstrations, comma-separated"})
-    model: str = field(metadata={"help": "initial model: a local HF checkpoint folder (or a hub id on a machine "
-                                         "that can download)"})
-    out: str = field(metadata={"help": "output folder: model/, checkpoint/, metrics.jsonl, tensorboard/"})
+    data: str = field(default="", metadata={"help": "trajectory JSONL file(s) of demonstrations, comma-separated "
+                                                    "(filled in by `agentprm run`)"})
+    model: str = field(default="", metadata={"help": "initial model: a local HF checkpoint folder (or a hub id on a "
+                                                     "machine that can download); filled in by `agentprm run`"})
+    out: str = field(default="", metadata={"help": "output folder: model/, checkpoint/, metrics.jsonl, "
+                                                   "tensorboard/ (filled in by `agentprm run`)"})
     prompt: PromptConfig = field(default_factory=PromptConfig, metadata={"help": "prompt rendering"})
     only_successful: bool = field(default=True, metadata={"help": "train only on episodes that were won"})
     max_episodes: int = field(default=0, metadata={"help": "use at most this many episodes (0 = all)"})
@@ -184,6 +186,9 @@ def train_sft(config: SFTConfig, stop_after: int | None = None) -> dict:
     from accelerate import Accelerator
     from tqdm import tqdm
 
+    missing = [name for name in ("data", "model", "out") if not getattr(config, name)]
+    if missing:
+        raise SFTError(f"missing required key(s): {', '.join(missing)}")
     torch.manual_seed(config.seed)
     out = Path(config.out)
     model, tokenizer = _load_model(config)
