@@ -225,3 +225,19 @@ def test_planner_expert_solves_with_shortest_plans(alfworld_root):
             won, plan = run_expert(planner, game, max_steps=50)
             _, explored = run_expert(handcoded, game, max_steps=50)
             assert won and len(plan) <= len(explored), (game.game_id, plan)
+
+
+def test_grammar_parse_cache_serves_warm_resets_with_identical_text(alfworld_root):
+    from textworld.envs.pddl import textgen
+
+    root, _ = alfworld_root
+    first, second = alfworld_games(root, "valid_seen")[:2]
+    with AlfworldEnv() as env:
+        before = [env.reset(first), env.reset(second)]
+        hits = textgen._parse_and_convert.hits
+        after = [env.reset(first), env.reset(second)]
+        assert textgen._parse_and_convert.hits > hits
+        for a, b in zip(before, after):
+            assert (a.text, a.task, a.admissible_actions) == (b.text, b.task, b.admissible_actions)
+        step = env.step(after[1].admissible_actions[0])
+        assert step.observation.text != "Nothing happens."

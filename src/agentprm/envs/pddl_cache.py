@@ -1,4 +1,5 @@
-"""A cache for fast-downward's PDDL-to-SAS translation, the dominant cost of every ALFWorld reset.
+"""Caches for the two costs of every ALFWorld reset: fast-downward's PDDL-to-SAS translation and TextWorld's
+grammar-text parsing.
 
 TextWorld's ``PddlState.__init__`` calls ``fast_downward.pddl2sas(domain, problem)`` twice (plain and optimised) on
 ``load`` and again on every ``reset``, although the result depends only on the two texts. Translating takes 0.2 s for
@@ -13,6 +14,7 @@ initial atoms), so sharing one object between resets is safe.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import pickle
@@ -110,12 +112,44 @@ class _FastDownwardProxy:
         return getattr(self._module, name)
 
 
+class _ParseCache:
+    """Memoises TextWorld's grammar-text parser (``textgen._parse_and_convert``), a pure function of its text.
+
+    TextWorld re-parses the same short template strings with tatsu on every ``derive`` (the intro, every admissible
+    command, every feedback), and the whole game grammar (``logic._parse_and_convert``) plus every rule of it on
+    every game load; measured, that parsing was about half of a warm reset and most of a reload. Callers mutate the
+    returned symbols (they attach contexts), so every hit is a deep copy.
+    """
+
+    def __init__(self, parse):
+        self._parse = parse
+        self._memory: dict = {}
+        self.hits = 0
+
+    def __call__(self, text, rule_name=None, **kwargs):
+        if kwargs.get("trace"):  # debugging output must really run the parser
+            return self._parse(text, rule_name=rule_name, **kwargs)
+        key = (text, rule_name)
+        if key not in self._memory:
+            if len(self._memory) > 50_000:  # bounded: grammars have a few hundred distinct strings
+                self._memory.clear()
+            self._memory[key] = self._parse(text, rule_name=rule_name, **kwargs)
+        else:
+            self.hits += 1
+        return copy.deepcopy(self._memory[key])
+
+
 def install(disk_dir: str | os.PathLike | None = None) -> TranslationCache:
-    """Route TextWorld's PDDL translation through one process-wide cache (idempotent) and return it.
+    """Route TextWorld's PDDL translation (and its grammar-text parsing) through process-wide caches (idempotent);
+    return the translation cache.
 
     A later call with a ``disk_dir`` turns on the disk layer of the already installed cache.
     """
-    from textworld.envs.pddl import logic
+    from textworld.envs.pddl import logic, textgen
+
+    for module in (textgen, logic):  # rule strings (textgen) and whole game grammars (logic)
+        if not isinstance(module._parse_and_convert, _ParseCache):
+            module._parse_and_convert = _ParseCache(module._parse_and_convert)
 
     current = logic.fast_downward
     if isinstance(current, _FastDownwardProxy):
