@@ -11,15 +11,18 @@ types, all in the ``train`` split) and deleted afterwards.
 
 ALFWorld reset measurements (``AlfworldEnv`` without an expert, translation cache with no disk layer):
 
-* **cold**: ``cache.clear_memory()`` then ``env.reset(game)`` for a game not loaded in this env: the game file is
-  read, the domain parsed, and the PDDL problem translated by fast-downward (a cache miss);
+* **cold**: ``cache.clear_memory()``, plus clearing any TextWorld parse memo (``pddl_cache``'s or
+  ``--prototype-fix``'s), then ``env.reset(game)`` for a game not loaded in this env: the game file is read, its
+  grammar parsed, and the PDDL problem translated by fast-downward (a cache miss). A brand-new process is also
+  measured (``--fresh-games``: import and env construction, then cold resets);
 * **warm, same game**: ``env.reset(game)`` again right away; the env skips ``load`` and only rebuilds the PDDL state
   (translation from the cache);
 * **warm, switch back**: after every game was loaded once, ``env.reset(game)`` for each game in turn, so that each
   reset follows a different game: the env loads the file again, the translation comes from the cache.
 
-The import of the engines and the construction of the first env are timed separately ("first reset" includes them
-for TWX: JVM start). Steps/s counts ``env.step`` calls only; the resets that start each episode are reported
+Per reset, the time inside translation, grammar parsing (``GameLogic``) and text derivation is reported, and the
+process CPU time next to the wall time (the CPU time stays meaningful when other jobs share the machine). The
+construction of the env is timed separately; for TWX the first reset (JVM start) is. Steps/s counts ``env.step`` calls only; the resets that start each episode are reported
 separately. Episodes end when the game is won or after ``--max-episode-steps`` steps.
 
 Usage (from the repository root):
@@ -123,6 +126,14 @@ class PhaseTimers:
         self._undo.clear()
 
 
+def _loadavg() -> list[float] | None:
+    """1/5/15-minute load averages: a load well above 1 means another job shared the CPUs during the run."""
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return None
+
+
 def machine_info() -> dict:
     cpu_model = None
     try:
@@ -144,8 +155,10 @@ def machine_info() -> dict:
     }
 
 
-def play_random(env, games: list[Game], total_steps: int, max_episode_steps: int, rng: random.Random) -> dict:
+def play_random(env, games: list[Game], total_steps: int, max_episode_steps: int, rng: random.Random,
+                timers: PhaseTimers | None = None) -> dict:
     """Random admissible actions, games round-robin, until ``total_steps`` env.step calls have been made."""
+    in_steps = {k: 0.0 for k in timers.totals} if timers else None
     step_times: list[float] = []
     reset_times: list[float] = []
     n_actions: list[int] = []
@@ -163,14 +176,19 @@ def play_random(env, games: list[Game], total_steps: int, max_episode_steps: int
                 break
             n_actions.append(len(obs.admissible_actions))
             action = rng.choice(obs.admissible_actions) if obs.admissible_actions else "look"
+            before = timers.snapshot() if timers else None
             t = time.perf_counter()
             result = env.step(action)
             step_times.append(time.perf_counter() - t)
+            if timers:
+                for k in in_steps:
+                    in_steps[k] += timers.totals[k] - before[k]
             obs = result.observation
             if result.done:
                 won += int(result.won)
                 break
     total = sum(step_times)
+    extra = {"step_phases_mean_s": {f"{k}_mean_s": v / len(step_times) for k, v in in_steps.items()}} if timers else {}
     return {
         "steps": len(step_times),
         "episodes": episodes,
@@ -180,10 +198,109 @@ def play_random(env, games: list[Game], total_steps: int, max_episode_steps: int
         "step": _summary(step_times),
         "episode_reset": _summary(reset_times),
         "mean_admissible_actions": _mean(n_actions),
+        **extra,
     }
 
 
 # -- ALFWorld -------------------------------------------------------------------------------------------------------
+
+
+PROTOTYPE_CLEARS: list = []  # with --prototype-fix: clears its memos too, so that cold resets stay cold
+
+
+def _parse_memos() -> list:
+    """TextWorld parse functions that ``pddl_cache.install()`` may have replaced by a memo (an object with
+    ``_memory``)."""
+    import textworld.envs.pddl.logic as tw_pddl_logic
+    import textworld.envs.pddl.textgen as tw_textgen
+
+    return [f for f in (tw_textgen._parse_and_convert, tw_pddl_logic._parse_and_convert) if hasattr(f, "_memory")]
+
+
+def clear_memory(cache) -> None:
+    """Forget everything a fresh process would not know: translations, and any memoised TextWorld parses."""
+    cache.clear_memory()
+    for memo in _parse_memos():
+        memo._memory.clear()
+    for clear in PROTOTYPE_CLEARS:
+        clear()
+
+
+def code_state() -> dict:
+    """Which commit was measured, whether the env code differed from it, and which TextWorld memos were active."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*cmd):
+        try:
+            return subprocess.run(["git", *cmd], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    pddl_cache.install()
+    return {
+        "git_head": git("rev-parse", "HEAD"),
+        "envs_modified_vs_head": (git("status", "--porcelain", "src/agentprm/envs") or "").splitlines(),
+        "textworld_parse_memo_installed_by_pddl_cache": bool(_parse_memos()),
+    }
+
+
+def apply_prototype_fix() -> None:
+    """``--prototype-fix``: the parse memoisation proposed for ``pddl_cache.install()``, applied here to measure it.
+
+    Not part of the package. TextWorld re-parses text with tatsu on every load, reset and step; all of it depends
+    only on the text, so it can be memoised:
+
+    1. ``textworld.envs.pddl.textgen._parse_and_convert(text, rule_name)``: grammar right-hand sides on load and
+       every ``derive`` start symbol (the intro, each admissible command's template, each feedback rule). The
+       symbols get a ``.context`` assigned during derivation, so a deep copy of the memoised list is returned.
+    2. ``textworld.envs.pddl.logic._parse_and_convert(grammar, rule_name="pddlStart")``: the game's grammar on
+       ``load``; ``GameLogic`` copies the parsed rules and actions into its own containers, so the result is shared.
+    3. ``textworld.logic.Rule.parse_conjunctive_query(expr)``: grammar rule conditions, parsed on every derive.
+    4. ``textworld.envs.pddl.textgen.copy_context``: shallow copies of ``variables``/``mapping`` instead of
+       ``deepcopy`` (derivation only adds keys to these dicts; it never mutates their values).
+
+    Items 1 and 2 are skipped when ``pddl_cache.install()`` already memoises the two parsers (its ``_ParseCache``).
+    Observations and admissible actions were checked identical with and without this on 96 random-play
+    observations of 6 small and 6 realistic games.
+    """
+    import copy
+    import functools
+
+    import textworld.envs.pddl.logic as tw_pddl_logic
+    import textworld.envs.pddl.textgen as tw_textgen
+    import textworld.logic as tw_logic
+
+    pddl_cache.install()
+    textgen_parse, logic_parse = tw_textgen._parse_and_convert, tw_pddl_logic._parse_and_convert
+
+    @functools.lru_cache(maxsize=4096)
+    def _textgen_memo(text, rule_name):
+        return textgen_parse(text, rule_name=rule_name)
+
+    def textgen_memo(text, rule_name=None, trace=False, **kwargs):
+        if trace or kwargs:
+            return textgen_parse(text, rule_name=rule_name, trace=trace, **kwargs)
+        return copy.deepcopy(_textgen_memo(text, rule_name))
+
+    @functools.lru_cache(maxsize=256)
+    def _logic_memo(text, rule_name):
+        return logic_parse(text, rule_name=rule_name)
+
+    def logic_memo(text, rule_name=None, **kwargs):
+        return logic_parse(text, rule_name=rule_name, **kwargs) if kwargs else _logic_memo(text, rule_name)
+
+    def shallow_copy_context(context):
+        return {"state": context["state"], "facts": context["facts"], "variables": dict(context["variables"]),
+                "mapping": dict(context["mapping"]), "entity_infos": context["entity_infos"]}
+
+    if not _parse_memos():  # pddl_cache.install() may already memoise the two parsers (items 1 and 2)
+        PROTOTYPE_CLEARS.extend([_textgen_memo.cache_clear, _logic_memo.cache_clear])
+        tw_textgen._parse_and_convert = textgen_memo
+        tw_pddl_logic._parse_and_convert = logic_memo
+    tw_textgen.copy_context = shallow_copy_context
+    query = functools.lru_cache(maxsize=4096)(tw_logic.Rule.parse_conjunctive_query.__func__)
+    PROTOTYPE_CLEARS.append(query.cache_clear)
+    tw_logic.Rule.parse_conjunctive_query = classmethod(query)
 
 
 def generate(root: Path, n: int, seed: int, max_receptacles: int) -> tuple[list[Game], dict, float]:
@@ -209,6 +326,15 @@ def _problem_size(game: Game) -> dict:
     }
 
 
+def timed_reset(env, game, cpu: list[float]) -> float:
+    """Wall time of one reset; its CPU time (this process) is appended to ``cpu`` (robust to a busy machine)."""
+    c, t = time.process_time(), time.perf_counter()
+    env.reset(game)
+    wall = time.perf_counter() - t
+    cpu.append(time.process_time() - c)
+    return wall
+
+
 def bench_alfworld(name: str, games: list[Game], args, rng: random.Random) -> dict:
     from agentprm.envs.alfworld import AlfworldEnv
 
@@ -226,15 +352,14 @@ def bench_alfworld(name: str, games: list[Game], args, rng: random.Random) -> di
     try:
         # Cold: nothing of this game in memory (the generator translated every game: clear the cache first).
         cold, warm_same = [], []
+        cold_cpu, same_cpu, switch_cpu = [], [], []
         cold_phases = {k: 0.0 for k in timers.totals}
         same_phases = {k: 0.0 for k in timers.totals}
         for game in games:
-            cache.clear_memory()
+            clear_memory(cache)
             misses0, hits0 = cache.misses, cache.hits
             before = timers.snapshot()
-            t = time.perf_counter()
-            env.reset(game)
-            cold_s = time.perf_counter() - t
+            cold_s = timed_reset(env, game, cold_cpu)
             for k, v in timers.since(before, 1).items():
                 cold_phases[k[: -len("_mean_s")]] += v
             cold_misses, cold_hits = cache.misses - misses0, cache.hits - hits0
@@ -243,9 +368,7 @@ def bench_alfworld(name: str, games: list[Game], args, rng: random.Random) -> di
             misses0 = cache.misses
             before = timers.snapshot()
             for _ in range(args.warm_repeats):
-                t = time.perf_counter()
-                env.reset(game)
-                same.append(time.perf_counter() - t)
+                same.append(timed_reset(env, game, same_cpu))
             for k, v in timers.since(before, 1).items():
                 same_phases[k[: -len("_mean_s")]] += v
             if cache.misses != misses0:
@@ -264,9 +387,7 @@ def bench_alfworld(name: str, games: list[Game], args, rng: random.Random) -> di
         before = timers.snapshot()
         for _ in range(args.warm_repeats):
             for k, game in enumerate(games):
-                t = time.perf_counter()
-                env.reset(game)
-                dt = time.perf_counter() - t
+                dt = timed_reset(env, game, switch_cpu)
                 warm_switch.append(dt)
                 per_game[k].setdefault("warm_switch_s", []).append(dt)
         switch_phases = timers.since(before, len(warm_switch))
@@ -276,8 +397,7 @@ def bench_alfworld(name: str, games: list[Game], args, rng: random.Random) -> di
         for row in per_game:
             row["warm_switch_mean_s"] = _mean(row.pop("warm_switch_s"))
 
-        play = play_random(env, games, args.steps, args.max_episode_steps, rng)
-        play["time_in_text_derive_s"] = timers.totals["text_derive"] - before["text_derive"]
+        play = play_random(env, games, args.steps, args.max_episode_steps, rng, timers)
     finally:
         timers.close()
         env.close()
@@ -298,6 +418,9 @@ def bench_alfworld(name: str, games: list[Game], args, rng: random.Random) -> di
         "reset_warm_switch": {**_summary(warm_switch), "phases": switch_phases},
         "cold_over_warm_same": cold_mean / same_mean,
         "cold_over_warm_switch": cold_mean / switch_mean if len(games) > 1 else None,
+        "cpu_time_mean_s": {"cold": _mean(cold_cpu), "warm_same": _mean(same_cpu), "warm_switch": _mean(switch_cpu)},
+        "cpu_cold_over_warm_same": _mean(cold_cpu) / _mean(same_cpu),
+        "cpu_cold_over_warm_switch": _mean(cold_cpu) / _mean(switch_cpu) if len(games) > 1 else None,
         "warm_switch_cache": {"misses": switch_misses, "hits": switch_hits},
         "play": play,
         "per_game": per_game,
@@ -380,58 +503,115 @@ def _ms(x) -> str:
     return "-" if x is None else f"{1000 * x:.1f}"
 
 
+def _grid(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
 def table(results: dict) -> str:
-    rows = [("setting", "games", "recep.", "steps/s", "ms/step", "cold ms", "warm same ms", "warm switch ms",
-             "cold/same", "cold/switch")]
+    rows = [("setting", "games", "recep.", "steps/s", "ms/step", "ms/ep.reset", "cold ms", "warm same ms",
+             "warm switch ms", "cold/same", "cold/switch")]
     for key in SETTINGS:
         r = results["settings"].get(key)
         if r is None:
             continue
         play = r["play"]
+        common = (f"{play['steps_per_s']:.1f}", _ms(play["step"]["mean_s"]), _ms(play["episode_reset"]["mean_s"]))
         if key.startswith("alfworld"):
-            rows.append((key, str(r["games"]), f"{r['receptacles_mean']:.1f}", f"{play['steps_per_s']:.1f}",
-                         _ms(play["step"]["mean_s"]), _ms(r["reset_cold"]["mean_s"]),
-                         _ms(r["reset_warm_same"]["mean_s"]), _ms(r["reset_warm_switch"]["mean_s"]),
-                         f"{r['cold_over_warm_same']:.1f}x", f"{r['cold_over_warm_switch']:.1f}x"))
+            ratio_switch = r["cold_over_warm_switch"]
+            rows.append((key, str(r["games"]), f"{r['receptacles_mean']:.1f}", *common,
+                         _ms(r["reset_cold"]["mean_s"]), _ms(r["reset_warm_same"]["mean_s"]),
+                         _ms(r["reset_warm_switch"]["mean_s"]), f"{r['cold_over_warm_same']:.1f}x",
+                         "-" if ratio_switch is None else f"{ratio_switch:.1f}x"))
         else:
-            rows.append((key, str(r["games"]), "-", f"{play['steps_per_s']:.1f}", _ms(play["step"]["mean_s"]),
-                         _ms(r["reset_first_time"]["mean_s"]), _ms(r["reset_same_game_again"]["mean_s"]),
-                         _ms(r["reset_switch_game"]["mean_s"]), "-", "-"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-             for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+            rows.append((key, str(r["games"]), "-", *common, _ms(r["reset_first_time"]["mean_s"]),
+                         _ms(r["reset_same_game_again"]["mean_s"]), _ms(r["reset_switch_game"]["mean_s"]), "-", "-"))
+    lines = _grid(rows)
+
+    phase_rows = [("ALFWorld reset/step (mean ms)", "total", "translate", "grammar parse", "text derive", "other")]
+    for key in ("alfworld-small", "alfworld-real"):
+        r = results["settings"].get(key)
+        if r is None:
+            continue
+        for case in ("cold", "warm_same", "warm_switch"):
+            block = r[f"reset_{case}"]
+            ph = block["phases"]
+            other = block["mean_s"] - ph["translate_mean_s"] - ph["grammar_parse_mean_s"] - ph["text_derive_mean_s"]
+            phase_rows.append((f"{key} {case}", _ms(block["mean_s"]), _ms(ph["translate_mean_s"]),
+                               _ms(ph["grammar_parse_mean_s"]), _ms(ph["text_derive_mean_s"]), _ms(other)))
+        step, ph = r["play"]["step"], r["play"]["step_phases_mean_s"]
+        other = step["mean_s"] - sum(ph.values())
+        phase_rows.append((f"{key} step", _ms(step["mean_s"]), _ms(ph["translate_mean_s"]),
+                           _ms(ph["grammar_parse_mean_s"]), _ms(ph["text_derive_mean_s"]), _ms(other)))
+    if len(phase_rows) > 1:
+        lines += [""] + _grid(phase_rows) + [""]
+
+    for key in ("alfworld-small", "alfworld-real"):
+        r = results["settings"].get(key)
+        if r is None:
+            continue
+        cpu = r["cpu_time_mean_s"]
+        switch_ratio = r["cpu_cold_over_warm_switch"]
+        lines.append(f"{key} CPU time per reset: cold {_ms(cpu['cold'])}, warm same {_ms(cpu['warm_same'])}, "
+                     f"warm switch {_ms(cpu['warm_switch'])} ms (cold/same {r['cpu_cold_over_warm_same']:.1f}x, "
+                     f"cold/switch {'-' if switch_ratio is None else f'{switch_ratio:.1f}x'})")
+    fresh = [(k, r["fresh_process"]) for k, r in results["settings"].items() if "fresh_process" in r]
+    if fresh:
+        for key, f in fresh:
+            resets = ", ".join(_ms(x) for x in f["resets_s"])
+            lines.append(f"{key} fresh process: import+build {_ms(f['import_and_build_s'])} ms, "
+                         f"cold resets {resets} ms")
+    twx = results["settings"].get("twx-twc")
+    if twx:
+        lines.append(f"twx-twc first reset incl. JVM start: {_ms(twx['first_reset_with_jvm_start_s'])} ms")
     notes = [
-        "cold = clear_memory() + load + reset (translation by fast-downward); warm same = reset of the loaded game;",
-        "warm switch = reset of a game loaded earlier (reload, translation from the cache).",
-        "TWX: 'cold' column = first reset of a seed (JVM already up), then same seed again, then switching seeds.",
+        "",
+        "cold = clear caches + load + reset (fast-downward translation); warm same = reset of the loaded game;",
+        "warm switch = reset of a game loaded earlier (reload, translation from the cache); ms/ep.reset = resets",
+        "during the random-play run. TWX: the 'cold' column is the first reset of a seed (JVM up), then the same seed",
+        "again, then switching seeds. text derive happens inside reset (intro text, every admissible command).",
     ]
-    return "\n".join(lines + [""] + notes)
+    return "\n".join(lines + notes)
 
 
 def main(argv=None) -> int:
+    # Captured first: fast-downward's translator overwrites sys.argv (["translate.py", "domain", "task"]).
+    cli = list(argv) if argv is not None else sys.argv[1:]
+    command = "PYTHONPATH=src python " + shlex.join([sys.argv[0], *cli])
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--games-small", type=int, default=12, help="ALFWorld games with max_receptacles=6")
     parser.add_argument("--games-real", type=int, default=6, help="ALFWorld games with the whole floor plan")
     parser.add_argument("--games-twx", type=int, default=10, help="TWX twc games (train seeds 0..N-1)")
-    parser.add_argument("--steps", type=int, default=300, help="env.step calls per setting")
+    parser.add_argument("--fresh-games", type=int, default=2,
+                        help="ALFWorld games reset in a brand-new process per setting (0: skip)")
+    parser.add_argument("--steps", type=int, default=500, help="env.step calls per setting")
     parser.add_argument("--max-episode-steps", type=int, default=30)
     parser.add_argument("--warm-repeats", type=int, default=3, help="warm resets per game and case")
     parser.add_argument("--seed", type=int, default=0, help="game generation and random-action seed")
-    parser.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated subset of " + ",".join(SETTINGS))
+    parser.add_argument("--settings", default=",".join(SETTINGS),
+                        help="comma-separated subset of " + ",".join(SETTINGS))
+    parser.add_argument("--prototype-fix", action="store_true",
+                        help="measure with the proposed TextWorld parse memoisation (see apply_prototype_fix)")
     parser.add_argument("--out", default="benchmarks/results/env_throughput.json")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(cli)
     wanted = [s.strip() for s in args.settings.split(",") if s.strip()]
     unknown = [s for s in wanted if s not in SETTINGS]
     if unknown:
         parser.error(f"unknown settings {unknown}; expected some of {SETTINGS}")
 
+    if args.prototype_fix:
+        apply_prototype_fix()
     t_start = time.perf_counter()
     results: dict = {
         "benchmark": "env_throughput",
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": "PYTHONPATH=src python " + shlex.join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        "command": command,
         "machine": machine_info(),
+        "code": code_state(),
+        "load_average_at_start": _loadavg(),
         "config": vars(args),
         "generation": {},
         "settings": {},
@@ -446,14 +626,18 @@ def main(argv=None) -> int:
                                           "expert_rejected_candidates": manifest["expert_rejected_candidates"]}
             print(f"[{key}] generated in {gen_s:.1f}s; benchmarking ...", flush=True)
             results["settings"][key] = bench_alfworld(key, games, args, random.Random(f"{args.seed}/{key}"))
+            if args.fresh_games > 0:
+                results["settings"][key]["fresh_process"] = fresh_process_probe(games, args.fresh_games)
     if "twx-twc" in wanted and args.games_twx > 0:
         print("[twx-twc] benchmarking ...", flush=True)
         results["settings"]["twx-twc"] = bench_twx(args.games_twx, args, random.Random(f"{args.seed}/twx-twc"))
     results["wall_time_s"] = time.perf_counter() - t_start
+    results["load_average_at_end"] = _loadavg()
 
     print()
     print(table(results))
-    print(f"\nwall time {results['wall_time_s']:.0f}s")
+    print(f"\nwall time {results['wall_time_s']:.0f}s; load average start {results['load_average_at_start']}, "
+          f"end {results['load_average_at_end']}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
