@@ -29,8 +29,6 @@ class GamesSettings:
     task_types: list[str] = field(default_factory=list, metadata={"help": "ALFWorld task types (empty = all six)"})
     eval_split: str = field(default="unseen", metadata={"help": "split of the fixed evaluation games"})
     eval_games: int = field(default=0, metadata={"help": "evaluate on the first N games of eval_split (0 = all)"})
-    validation_games: int = field(default=0, metadata={"help": "games of the seen split kept for validation (never "
-                                                                "the evaluation games); 0 = none"})
     twx_game: str = field(default="twc", metadata={"help": "TextWorldExpress game"})
     twx_params: str = field(default="", metadata={"help": "TextWorldExpress game parameters"})
 
