@@ -25,6 +25,12 @@ Pipeline (CPU only, nothing downloaded):
    log-probabilities at temperature 0.3, seed 0), 30 steps, 16 envs in this process. The random-admissible agent is
    evaluated on the same games.
 
+Run folders are ``OUT/runs/<preset>-n<demos>-s<steps>`` (``model/``, ``metrics.jsonl``, ``eval_unseen.jsonl``).
+``--extra preset:demos:steps`` adds runs outside the grid; ``--reuse a.json,b.json`` copies runs (and the random
+baseline) measured by earlier invocations with identical settings instead of re-running them, so results of several
+invocations can be assembled into one file (each run keeps the command that produced it). Results are written after
+every run, so a killed invocation keeps the runs it finished.
+
 Token counts: ``train_sft`` reports ``tokens_per_s`` over padded micro-batches (pad tokens included), averaged over
 its loop plus its final train/validation evaluations. This script also replays the same batch schedule to count
 real (non-pad) tokens, and reports ``real_tokens_per_s_wall`` = real tokens / the whole ``train_sft`` call (model
@@ -34,7 +40,9 @@ padded figure logged at the last optimiser step (loop only: no evaluation happen
 Usage (from the repository root, venv active):
 
     python benchmarks/learning_curve.py --demo-counts 50 --presets tiny --eval-games 24 --results /tmp/lc-smoke.json
-    python benchmarks/learning_curve.py --results benchmarks/results/learning_curve.json
+    python benchmarks/learning_curve.py --threads 1 --results benchmarks/results/learning_curve.json
+
+(the exact invocations behind ``benchmarks/results/learning_curve.json`` are listed in ``benchmarks/LEARNING_CURVE.md``)
 """
 
 from __future__ import annotations
@@ -225,7 +233,7 @@ def run_sft(out_dir: Path, preset: str, init: Path, demos: Path, n_demos: int, s
     from agentprm.config import load_config
     from agentprm.metrics import read_metrics
 
-    run = out_dir / "runs" / f"{preset}-n{n_demos}"
+    run = out_dir / "runs" / f"{preset}-n{n_demos}-s{steps}"
     if run.exists():
         shutil.rmtree(run)  # always retrain: the wall time is one of the measurements
     config = load_config(SFTConfig, {
@@ -320,8 +328,8 @@ def render_table(results: dict) -> str:
     if "random" in results:
         rows.append(row("random-admissible", "-", None, results["random"]))
     for run in results["runs"]:
-        rows.append(row(f"{run['preset']} ({run['parameters'] / 1e6:.2f}M)", run["demos"], run["sft"],
-                        run["eval"]))
+        name = f"{run['preset']} ({run['parameters'] / 1e6:.2f}M){' (extra)' if run.get('extra') else ''}"
+        rows.append(row(name, run["demos"], run["sft"], run["eval"]))
     return "\n".join(rows)
 
 
@@ -346,6 +354,12 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch intra-op threads (0: torch's default, one per core). On a shared machine 1 avoids "
                              "the OpenMP oversubscription slow-down (measured up to ~10x with 2 threads under load)")
+    parser.add_argument("--extra", default="",
+                        help="additional runs outside the grid, comma-separated preset:demos:steps (e.g. tiny:800:3000)")
+    parser.add_argument("--reuse", default="",
+                        help="comma-separated result files of earlier invocations: a run (or the random baseline) "
+                             "with the same preset, demos, steps, lr, batch size and evaluation games is copied "
+                             "from there (with its command) instead of being trained and evaluated again")
     parser.add_argument("--results", default="benchmarks/results/learning_curve.json")
     args = parser.parse_args(argv)
 
@@ -390,23 +404,46 @@ def main(argv=None) -> int:
     results["eval_games"] = {"count": len(unseen), "task_types": dict(sorted(
         {tt: sum(g.task_type == tt for g in unseen) for tt in {g.task_type for g in unseen}}.items()))}
 
-    if not args.skip_random:
-        t = time.perf_counter()
-        results["random"] = evaluate_random(unseen, args.num_envs)
-        log(f"random: {results['random']['success']:.1%} in {time.perf_counter() - t:.0f} s")
+    earlier = []  # (file, results) of --reuse files
+    for name in (f.strip() for f in args.reuse.split(",") if f.strip()):
+        earlier.append((name, json.loads(Path(name).read_text())))
 
-    for preset in presets:
-        t = time.perf_counter()
-        init, info = prepare_init_model(out_dir, preset, demos)
-        timings[f"init_{preset}_s"] = time.perf_counter() - t
-        for n in demo_counts:
-            model_dir, sft = run_sft(out_dir, preset, init, demos, n, steps[preset], lrs[preset], args.batch_size)
+    if not args.skip_random:
+        reused = next(((f, r) for f, r in earlier
+                       if r.get("random") and r["random"]["games"] == len(unseen)), None)
+        if reused:
+            results["random"] = {**reused[1]["random"], "reused_from": reused[0], "command": reused[1]["command"]}
+            log(f"random: reused from {reused[0]}")
+        else:
+            t = time.perf_counter()
+            results["random"] = evaluate_random(unseen, args.num_envs)
+            log(f"random: {results['random']['success']:.1%} in {time.perf_counter() - t:.0f} s")
+
+    plan = [(preset, n, steps[preset], False) for preset in presets for n in demo_counts]
+    for item in (x.strip() for x in args.extra.split(",") if x.strip()):
+        preset, n, k = item.split(":")
+        plan.append((preset, int(n), int(k), True))
+    for preset, n, k, extra in plan:
+        lr = lrs.get(preset) or DEFAULT_LR[preset]
+        reused = next(((f, run, r["command"]) for f, r in earlier for run in r.get("runs", [])
+                       if run["preset"] == preset and run["demos"] == n and run["sft"]["steps"] == k
+                       and run["sft"]["lr"] == lr and run["sft"]["batch_size"] == args.batch_size
+                       and run["eval"]["games"] == len(unseen)), None)
+        if reused:
+            log(f"{preset} n={n} steps={k}: reused from {reused[0]}")
+            results["runs"].append({**reused[1], "extra": extra, "reused_from": reused[0],
+                                    "command": reused[1].get("command", reused[2])})
+        else:
+            t = time.perf_counter()
+            init, info = prepare_init_model(out_dir, preset, demos)
+            timings.setdefault(f"init_{preset}_s", time.perf_counter() - t)
+            model_dir, sft = run_sft(out_dir, preset, init, demos, n, k, lr, args.batch_size)
             ev = evaluate_model(model_dir, unseen, args.num_envs, model_dir.parent / "eval_unseen.jsonl")
             log(f"eval {preset} n={n}: {ev['success']:.1%} [{ev['ci95'][0]:.1%}, {ev['ci95'][1]:.1%}], "
                 f"{ev['eval_s']:.0f} s")
             results["runs"].append({"preset": preset, "parameters": info.get("parameters"),
                                     "vocab_size": info.get("vocab_size"), "demos": n, "model_dir": str(model_dir),
-                                    "sft": sft, "eval": ev})
+                                    "extra": extra, "command": results["command"], "sft": sft, "eval": ev})
             timings["total_s"] = time.perf_counter() - started
             results["timings"] = timings
             Path(args.results).parent.mkdir(parents=True, exist_ok=True)
