@@ -355,7 +355,8 @@ def main(argv=None) -> int:
                         help="torch intra-op threads (0: torch's default, one per core). On a shared machine 1 avoids "
                              "the OpenMP oversubscription slow-down (measured up to ~10x with 2 threads under load)")
     parser.add_argument("--extra", default="",
-                        help="additional runs outside the grid, comma-separated preset:demos:steps (e.g. tiny:800:3000)")
+                        help="additional runs outside the grid, comma-separated preset:demos:steps "
+                             "(e.g. tiny:800:3000)")
     parser.add_argument("--reuse", default="",
                         help="comma-separated result files of earlier invocations: a run (or the random baseline) "
                              "with the same preset, demos, steps, lr, batch size and evaluation games is copied "

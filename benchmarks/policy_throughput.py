@@ -6,7 +6,10 @@ Measurements (one process, CPU, ALFWorld envs in this process: ``workers=0``):
    ``PolicyAgent(mode="admissible", temperature=0.3)`` and ``num_envs`` = 64 (one policy call decides every live
    game's action) and ``num_envs`` = 1 (one call per game step), each episode capped at ``--max-steps`` actions.
    Reported: agent steps / wall time of the whole evaluation (env resets and steps included), and policy-only
-   decisions/s (agent steps / time spent inside the agent's calls). Ratio = batched / one-at-a-time.
+   decisions/s (agent steps / time spent inside the agent's calls). Ratio = batched / one-at-a-time. Before any
+   timing every game is reset once (one step, random agent) so that the per-process PDDL translation cache is warm
+   for every setting; the first reset of each fresh env (~80 ms here) stays in the wall time, since running 64 envs
+   means building 64 of them.
 2. **The same in free-generation mode** (``mode="free"``, ``max_new_tokens=16``): the response is parsed, and an
    unparsable one still goes to the engine, so trajectories (and step counts) differ from (1).
 3. **Admissible scoring vs naive.** Decision states (prompt + admissible candidates) are collected from the games of
@@ -14,7 +17,8 @@ Measurements (one process, CPU, ALFWorld envs in this process: ``workers=0``):
    ``Policy.sample_admissible`` on all prompts in one call (batched), ``sample_admissible`` one prompt per call, and
    the naive baseline ``Policy.score_responses([prompt], [[candidate]])`` once per (prompt, candidate): one full
    forward pass over prompt + candidate each. The largest |difference| between the two log-probabilities is
-   reported as a correctness check.
+   reported as a correctness check. Then ``sample_admissible`` is timed on groups of 1, 4, 16 and 64 states per
+   call, in play order and sorted by prompt length (a group's prompts are left-padded to its longest one).
 4. **SFT training tokens/s** for each preset: a short dedicated ``train_sft`` run (``--sft-steps`` optimiser steps,
    batch 16, the first ``--sft-episodes`` demonstrations) from the initial checkpoints built by
    ``learning_curve.py``; tokens/s as logged by the library at the last step (padded micro-batches, loop only) and
@@ -136,7 +140,22 @@ def scoring_comparison(policy, states, repeats: int) -> dict:
     naive_s, naive_scores = timed(lambda: [[policy.score_responses([p], [[a]])[0][0] for a in c]
                                            for p, c in zip(prompts, candidates)])
     diff = max(abs(a - b) for xs, ys in zip(shared_scores, naive_scores) for a, b in zip(xs, ys))
-    prompt_tokens = [len(policy.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    # Per-decision cost against the number of states scored per call, in the given order and sorted by prompt length
+    # (a group's prompts are left-padded to its longest one, and every candidate row gets its own copy of its
+    # prompt's KV cache).
+    lengths = [len(policy.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    by_length = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    group_sweep = []
+    for sort in (False, True):
+        order = by_length if sort else list(range(len(prompts)))
+        ps, cs = [prompts[i] for i in order], [candidates[i] for i in order]
+        for group in (1, 4, 16, 64):
+            seconds, _ = timed(lambda: [policy.sample_admissible(ps[i: i + group], cs[i: i + group], n=1,
+                                                                 temperature=0.3, seed=0)
+                                        for i in range(0, len(ps), group)])
+            group_sweep.append({"group": group, "sorted_by_length": sort,
+                                "ms_per_decision": 1000 * seconds / len(ps)})
+    prompt_tokens = lengths
     n = len(states)
     return {
         "states": n, "candidates_total": n_candidates, "candidates_per_state": n_candidates / n,
@@ -145,7 +164,9 @@ def scoring_comparison(policy, states, repeats: int) -> dict:
         "sample_admissible_single_s": single_s, "sample_admissible_single_ms_per_decision": 1000 * single_s / n,
         "naive_score_responses_s": naive_s, "naive_ms_per_decision": 1000 * naive_s / n,
         "ratio_naive_over_single": naive_s / single_s, "ratio_naive_over_batched": naive_s / batched_s,
-        "max_abs_logprob_diff": diff, "load_before": load_before, "load_after": _load(),
+        "max_abs_logprob_diff": diff, "group_sweep": group_sweep,
+        "prompt_tokens_min": min(lengths), "prompt_tokens_max": max(lengths),
+        "load_before": load_before, "load_after": _load(),
     }
 
 
@@ -203,9 +224,18 @@ def render(results: dict) -> str:
                   f"| sample_admissible, one state per call | {s['sample_admissible_single_ms_per_decision']:.1f} | "
                   f"{s['ratio_naive_over_single']:.1f}x faster |",
                   f"| naive score_responses per candidate | {s['naive_ms_per_decision']:.1f} | 1x |",
-                  f"| max abs log-prob difference | {s['max_abs_logprob_diff']:.2e} | |"]
+                  f"| max abs log-prob difference | {s['max_abs_logprob_diff']:.2e} | |",
+                  "", "sample_admissible cost vs states per call (ms per decision):", "",
+                  "| states per call | " + " | ".join(str(g["group"]) for g in s["group_sweep"]
+                                                      if not g["sorted_by_length"]) + " |",
+                  "|---|" + "---|" * sum(not g["sorted_by_length"] for g in s["group_sweep"])]
+        for sort in (False, True):
+            label = "sorted by prompt length" if sort else "play order"
+            lines.append(f"| {label} | " + " | ".join(f"{g['ms_per_decision']:.1f}" for g in s["group_sweep"]
+                                                      if g["sorted_by_length"] == sort) + " |")
     if results.get("sft"):
-        lines += ["", "| SFT preset | steps | padded tokens/s | real tokens/s | padding overhead |", "|---|---|---|---|---|"]
+        lines += ["", "| SFT preset | steps | padded tokens/s | real tokens/s | padding overhead |",
+                  "|---|---|---|---|---|"]
         for r in results["sft"]:
             lines.append(f"| {r['preset']} | {r['steps']} | {r['padded_tokens_per_s']:.0f} | "
                          f"{r['real_tokens_per_s']:.0f} | {r['padding_overhead']:.0%} |")
@@ -215,7 +245,7 @@ def render(results: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out-dir", default="/tmp/agentprm-bench", help="learning_curve.py's cache")
-    parser.add_argument("--model", default="", help="policy checkpoint (default: OUT/runs/tiny-n800/model)")
+    parser.add_argument("--model", default="", help="policy checkpoint (default: OUT/runs/tiny-n800-s3000/model)")
     parser.add_argument("--games", type=int, default=64, help="unseen games (round-robin by task type)")
     parser.add_argument("--batch-envs", type=int, default=64)
     parser.add_argument("--max-steps", type=int, default=10, help="actions per episode in the throughput runs")
@@ -241,7 +271,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     out_dir = Path(args.out_dir)
-    model = Path(args.model) if args.model else out_dir / "runs" / "tiny-n800" / "model"
+    model = Path(args.model) if args.model else out_dir / "runs" / "tiny-n800-s3000" / "model"
     if not (model / "config.json").is_file():
         raise SystemExit(f"{model} is missing: run benchmarks/learning_curve.py first (or pass --model)")
     games = interleave_by_task_type(list_games("alfworld", "valid_unseen", root=str(out_dir / "games")))[: args.games]
@@ -260,6 +290,16 @@ def main(argv=None) -> int:
         results["total_s"] = time.perf_counter() - started
         Path(args.results).parent.mkdir(parents=True, exist_ok=True)
         Path(args.results).write_text(json.dumps(results, indent=1) + "\n")
+
+    # Warm-up: one step of every game, so the PDDL translation cache (per process) is filled before any timing and
+    # no setting pays the first translations. The per-env cost of a fresh env's first reset is NOT removed: it is
+    # part of running more envs.
+    from agentprm.envs.runner import random_admissible_policy
+    from agentprm.pipeline.evaluate import evaluate_policy
+
+    warm = evaluate_policy("alfworld", games, random_admissible_policy(0), "warm-up", max_steps=1, num_envs=1)
+    results["warm_up_s"] = warm.seconds
+    log(f"warm-up: {len(games)} games in {warm.seconds:.1f} s")
 
     for mode in ("admissible", "free"):
         if (mode == "admissible" and "agent" in skip) or (mode == "free" and "free" in skip):

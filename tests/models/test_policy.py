@@ -13,6 +13,8 @@ from agentprm.models.policy import (
     _top_p_filter,
     encode_prompts,
     encode_responses,
+    fork_cache,
+    length_groups,
     tokenizer_adds_bos,
 )
 
@@ -201,6 +203,41 @@ def test_invalid_sampling_arguments(policy):
 def test_score_candidates_equals_score_responses(policy, batch_size):
     shared = policy.score_candidates(PROMPTS, CANDS, batch_size=batch_size)
     reference = policy.score_responses(PROMPTS, CANDS)
+    for got, ref in zip(shared, reference):
+        assert got == pytest.approx(ref, abs=1e-4)
+
+
+def test_length_groups_hand_computed():
+    lengths = [10, 3, 4, 12, 3]  # sorted: 1 (3), 4 (3), 2 (4), 0 (10), 3 (12)
+    # [1, 4, 2]: 3 x 4 = 12 <= 1.25 x 10; then the size cap; [0, 3]: 2 x 12 = 24 <= 1.25 x 22
+    assert length_groups(lengths, max_size=3) == [[1, 4, 2], [0, 3]]
+    # without the cap, adding 0 would pad to 4 x 10 = 40 > 1.25 x 20
+    assert length_groups(lengths, max_size=5) == [[1, 4, 2], [0, 3]]
+    assert length_groups(lengths, max_size=5, max_padding=0.0) == [[1, 4], [2], [0], [3]]
+    assert length_groups([], max_size=4) == []
+    with pytest.raises(ValueError, match="max_size"):
+        length_groups([1], max_size=0)
+
+
+def test_fork_cache_leaves_the_original_intact(policy, tok):
+    _, mask, cache = policy._prefill(encode_prompts(tok, PROMPTS))
+    before = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
+    fork = fork_cache(cache)
+    fork.batch_select_indices(torch.tensor([1, 1, 0]))
+    ids = torch.full((3, 1), tok.eos_token_id)
+    policy._forward(ids, torch.cat([mask[[1, 1, 0]], torch.ones(3, 1, dtype=mask.dtype)], 1),
+                    mask[[1, 1, 0]].sum(-1, keepdim=True), fork)
+    assert fork.get_seq_length() == mask.shape[1] + 1 and fork.layers[0].keys.shape[0] == 3
+    assert cache.get_seq_length() == mask.shape[1]
+    for layer, (keys, values) in zip(cache.layers, before):
+        assert torch.equal(layer.keys, keys) and torch.equal(layer.values, values)
+
+
+def test_score_candidates_with_mixed_prompt_lengths_keeps_order(policy):
+    prompts = [PROMPTS[0] * 6, PROMPTS[1], PROMPTS[0] * 3, PROMPTS[0]]
+    candidates = [CANDS[0], CANDS[1], CANDS[1][:1], CANDS[0][:3]]
+    shared = policy.score_candidates(prompts, candidates, batch_size=3)
+    reference = policy.score_responses(prompts, candidates)
     for got, ref in zip(shared, reference):
         assert got == pytest.approx(ref, abs=1e-4)
 

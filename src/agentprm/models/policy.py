@@ -186,6 +186,48 @@ def _chunks(n_items: int, size: int) -> Iterator[range]:
         yield range(start, min(start + size, n_items))
 
 
+def length_groups(lengths: Sequence[int], max_size: int, max_padding: float = 0.25) -> list[list[int]]:
+    """Indices of sequences grouped for left-padded batches: sorted by length, a group closes at ``max_size``
+    items or before an item that would make the padded area exceed ``(1 + max_padding)`` x the real tokens,
+
+        len(group) * max(length) > (1 + max_padding) * sum(length).
+
+    Sorting alone does not bound padding in a large group (the longest item sets the width of all of them).
+    """
+    if max_size < 1:
+        raise ValueError(f"max_size must be >= 1, got {max_size}")
+    groups: list[list[int]] = []
+    group: list[int] = []
+    total = 0
+    for i in sorted(range(len(lengths)), key=lambda k: lengths[k]):
+        width = lengths[i]  # sorted: the newcomer is the longest
+        if group and (len(group) == max_size or (len(group) + 1) * width > (1 + max_padding) * (total + width)):
+            groups.append(group)
+            group, total = [], 0
+        group.append(i)
+        total += width
+    if group:
+        groups.append(group)
+    return groups
+
+
+def fork_cache(cache: Any) -> Any:
+    """A copy of a Hugging Face KV cache whose batch selection and appends leave ``cache`` intact.
+
+    A ``DynamicCache`` of plain ``DynamicLayer`` s replaces its key/value tensors on ``batch_select_indices`` and
+    ``update`` (``x[idx]``, ``torch.cat``) rather than writing into them, so copying the layer objects (not the
+    tensors) is enough and costs nothing; any other cache (sliding windows, static or quantised caches, other
+    library versions) gets a deep copy.
+    """
+    layers = getattr(cache, "layers", None)
+    plain = isinstance(layers, list) and all(type(layer).__name__ == "DynamicLayer" for layer in layers)
+    if type(cache).__name__ != "DynamicCache" or not plain:
+        return copy.deepcopy(cache)
+    fork = copy.copy(cache)
+    fork.layers = [copy.copy(layer) for layer in layers]
+    return fork
+
+
 # --------------------------------------------------------------------------- public API
 
 
@@ -424,11 +466,15 @@ class Policy:
     def _score_candidate_ids(
         self, prompt_ids: list[list[int]], cand_ids: list[list[list[int]]], batch_size: int
     ) -> list[list[float]]:
-        out: list[list[float]] = []
+        """Score every prompt's candidates, prompts grouped by length (:func:`length_groups`) so that a group's
+        left padding, which every candidate row of the group also attends over, stays small."""
+        out: list[list[float] | None] = [None] * len(prompt_ids)
         with eval_no_grad(self.model):
-            for idx in _chunks(len(prompt_ids), batch_size):
-                out.extend(self._score_group([prompt_ids[i] for i in idx], [cand_ids[i] for i in idx], batch_size))
-        return out
+            for group in length_groups([len(p) for p in prompt_ids], batch_size):
+                scores = self._score_group([prompt_ids[i] for i in group], [cand_ids[i] for i in group], batch_size)
+                for i, value in zip(group, scores):
+                    out[i] = value
+        return out  # type: ignore[return-value]
 
     def _score_group(
         self, prompt_ids: list[list[int]], cand_ids: list[list[list[int]]], batch_size: int
@@ -440,7 +486,7 @@ class Policy:
         flat: list[float] = []
         for idx in _chunks(len(rows), batch_size):
             last = idx.stop == len(rows)
-            row_cache = cache if last else copy.deepcopy(cache)  # expansion mutates the cache
+            row_cache = cache if last else fork_cache(cache)  # expansion replaces the cache's tensors
             flat.extend(self._score_rows([rows[i] for i in idx], first_lp, mask, row_cache))
         out: list[list[float]] = []
         for cands in cand_ids:
