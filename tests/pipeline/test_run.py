@@ -112,3 +112,15 @@ def test_shipped_configs_load_and_validate():
         load_config(RunConfig, path)
     with pytest.raises(ConfigError, match="unknown key"):
         load_config(RunConfig, {"prm": {"learning_rate": 1}})
+
+
+def test_rollout_games_windows_cycle_through_the_training_games():
+    from agentprm.pipeline.run_stages import rollout_games
+
+    games = list("abcde")
+    assert rollout_games(games, 0, 1) == games and rollout_games(games, 9, 3) == games
+    assert rollout_games(games, 2, 1) == ["a", "b"]
+    assert rollout_games(games, 2, 2) == ["c", "d"]
+    assert rollout_games(games, 2, 3) == ["e", "a"]  # wraps around
+    with pytest.raises(ConfigError, match="rollouts.games"):
+        load_config(RunConfig, {"rollouts": {"games": -1}})

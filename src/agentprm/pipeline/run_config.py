@@ -64,6 +64,8 @@ class RolloutSettings:
     episodes_per_game: int = field(default=4, metadata={"help": "rollouts of pi_{i-1} per training game (paper: 16)"})
     temperature: float = field(default=0.3, metadata={"help": "sampling temperature of rollouts (paper: 0.3)"})
     max_steps: int = field(default=30, metadata={"help": "actions per episode"})
+    games: int = field(default=0, metadata={"help": "training games played per iteration (0 = all); iteration i "
+                                                    "takes the i-th window of this many, wrapping around"})
 
 
 @dataclass
@@ -106,6 +108,8 @@ class RunConfig:
             raise ValueError("iterations must be >= 0")
         if self.num_envs < 1 or self.workers < 0:
             raise ValueError("num_envs must be >= 1 and workers >= 0")
+        if self.rollouts.games < 0:
+            raise ValueError("rollouts.games must be >= 0")
         if self.model.source == "path" and not self.model.path:
             raise ValueError("model.path is required when model.source is 'path'")
         if any(n < 1 for n in self.eval.bon_curve) or self.eval.bon_n < 1:

@@ -98,9 +98,20 @@ def rollouts(ctx: RunContext, out: Path, iteration: int) -> None:
         return PolicyAgent(policy, prompt=c.prompt, mode=c.policy.mode, temperature=c.rollouts.temperature,
                            max_new_tokens=c.policy.max_new_tokens, seed=seed)
 
-    collect_rollouts(c.games.env, ctx.games("train"), make_agent, out, c.rollouts.episodes_per_game,
+    games = rollout_games(ctx.games("train"), c.rollouts.games, iteration)
+    collect_rollouts(c.games.env, games, make_agent, out, c.rollouts.episodes_per_game,
                      c.rollouts.max_steps, policy_id=f"pi_{iteration - 1}", seed=_seed(ctx, "rollouts", iteration),
                      num_envs=c.num_envs, workers=c.workers, progress=c.progress)
+
+
+def rollout_games(games: list, count: int, iteration: int) -> list:
+    """The training games of iteration ``iteration``'s rollouts: all of them when ``count`` is 0 (or covers them),
+    else the window ``games[(iteration - 1) * count : iteration * count]`` taken cyclically, so successive
+    iterations collect data on different games while the list lasts."""
+    if count == 0 or count >= len(games):
+        return list(games)
+    start = (iteration - 1) * count
+    return [games[(start + k) % len(games)] for k in range(count)]
 
 
 def targets(ctx: RunContext, out: Path, iteration: int) -> None:
