@@ -135,3 +135,29 @@ def test_bad_input_fails_before_training(tiny_model, alfworld_demos, tmp_path):
     with pytest.raises(ValueError, match=f"{broken}:2"):
         train_sft(_config(tiny_model, broken, tmp_path / "x"))
     assert not (tmp_path / "x").exists() or not list((tmp_path / "x").glob("checkpoint*"))
+
+
+def test_batch_order_grouped_by_length_by_hand():
+    lengths = [5, 1, 9, 3, 7, 2, 8, 4]
+    batches = batch_order(8, 2, seed=3, epoch=0, lengths=lengths, group_batches=2)
+    order = batch_order(8, 8, seed=3, epoch=0)[0]  # the same seeded permutation, uncut
+    expected = []
+    for window in (order[:4], order[4:]):  # windows of 2 batches x 2 examples, each sorted longest first
+        ranked = sorted(window, key=lambda i: -lengths[i])
+        expected += [ranked[:2], ranked[2:]]
+    assert sorted(batches) == sorted(expected)  # the same batches, in a shuffled order
+    assert sorted(i for b in batches for i in b) == list(range(8))
+    assert batches == batch_order(8, 2, seed=3, epoch=0, lengths=lengths, group_batches=2)
+    with pytest.raises(ValueError, match="lengths"):
+        batch_order(8, 2, seed=3, epoch=0, lengths=[1, 2])
+
+
+def test_grouping_by_length_cuts_padding():
+    lengths = [int(x) for x in torch.randint(20, 300, (640,), generator=torch.Generator().manual_seed(0))]
+
+    def padded(batches):
+        return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+    plain = padded(batch_order(640, 16, seed=0, epoch=0))
+    grouped = padded(batch_order(640, 16, seed=0, epoch=0, lengths=lengths))
+    assert grouped < 0.8 * plain and grouped >= sum(lengths)

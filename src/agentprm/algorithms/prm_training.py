@@ -61,6 +61,8 @@ class PRMTrainConfig:
     batch_size: int = field(default=16, metadata={"help": "targets (or pairs) per micro-batch"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimiser step"})
     max_length: int = field(default=512, metadata={"help": "tokens per sequence; longer prompts lose old context"})
+    group_by_length: bool = field(default=True, metadata={"help": "batches of sequences (pairs) of similar length "
+                                                                  "(less padding; see sft.batch_order)"})
     warmup_steps: int = field(default=10, metadata={"help": "linear warm-up steps"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
@@ -329,6 +331,10 @@ def train_prm(config: PRMTrainConfig, targets: list[QTarget], init_model_path: s
     device = accelerator.device
     prm = _load_prm(config, init_model_path, device)
     train_seqs = encode_targets(train, prm.tokenizer, prompt_config, config.max_length)
+    lengths = None
+    if config.group_by_length:  # a pair costs as much as its longer sequence
+        lengths = [len(train_seqs[i]) if config.loss == "soft_bce"
+                   else max(len(train_seqs[i[0]]), len(train_seqs[i[1]])) for i in items]
     val_seqs = encode_targets(val, prm.tokenizer, prompt_config, config.max_length)
     train_q, val_q = [t.q for t in train], [t.q for t in val]
 
@@ -357,7 +363,7 @@ def train_prm(config: PRMTrainConfig, targets: list[QTarget], init_model_path: s
         module.train()
         for step in tqdm(range(1, total_steps + 1), desc="prm", disable=not config.progress):
             epoch, within = divmod(step - 1, steps_per_epoch)
-            window = batch_order(len(items), config.batch_size, config.seed, epoch)
+            window = batch_order(len(items), config.batch_size, config.seed, epoch, lengths)
             window = window[within * config.grad_accum: (within + 1) * config.grad_accum]
             window = window[accelerator.process_index:: accelerator.num_processes] or window[:1]
             losses.append(_optimiser_step(window, micro_batch_loss, module, optimizer, scheduler, accelerator,

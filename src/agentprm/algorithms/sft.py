@@ -22,6 +22,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +68,8 @@ class SFTConfig:
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
     max_length: int = field(default=512, metadata={"help": "tokens per example; longer prompts lose old context"})
+    group_by_length: bool = field(default=True, metadata={"help": "batches of examples of similar length (less "
+                                                                  "padding; see sft.batch_order)"})
     eval_every: int = field(default=50, metadata={"help": "validation loss every N steps (and at the end)"})
     save_every: int = field(default=50, metadata={"help": "checkpoint every N steps (and at the end)"})
     seed: int = field(default=0, metadata={"help": "seeds model init of new heads, data order and dropout"})
@@ -117,11 +120,28 @@ def load_examples(config: SFTConfig, tokenizer) -> tuple[list[Example], list[Exa
     return train, val
 
 
-def batch_order(num_examples: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """The micro-batches of one epoch: a permutation seeded by (seed, epoch), cut into ``batch_size`` chunks."""
+def batch_order(num_examples: int, batch_size: int, seed: int, epoch: int,
+                lengths: Sequence[int] | None = None, group_batches: int = 50) -> list[list[int]]:
+    """The micro-batches of one epoch: a permutation seeded by (seed, epoch), cut into ``batch_size`` chunks.
+
+    With ``lengths`` (grouping by length, as Hugging Face's ``group_by_length``): the permutation is cut into
+    windows of ``group_batches * batch_size`` examples, each window is sorted by length (longest first) and cut into
+    batches, and the batches are shuffled with the same generator. Every example is still used once per epoch, but a
+    batch holds examples of similar length, so little of it is padding.
+    """
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     order = torch.randperm(num_examples, generator=generator).tolist()
-    return [order[i: i + batch_size] for i in range(0, num_examples, batch_size)]
+    if lengths is None:
+        return [order[i: i + batch_size] for i in range(0, num_examples, batch_size)]
+    if len(lengths) != num_examples:
+        raise ValueError(f"{len(lengths)} lengths for {num_examples} examples")
+    window = max(1, group_batches) * batch_size
+    batches = []
+    for start in range(0, num_examples, window):
+        chunk = sorted(order[start: start + window], key=lambda i: -lengths[i])
+        batches.extend(chunk[i: i + batch_size] for i in range(0, len(chunk), batch_size))
+    shuffle = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in shuffle]
 
 
 def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -193,6 +213,7 @@ def train_sft(config: SFTConfig, stop_after: int | None = None) -> dict:
     out = Path(config.out)
     model, tokenizer = _load_model(config)
     train, val = load_examples(config, tokenizer)
+    lengths = [len(example) for example in train] if config.group_by_length else None
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
 
     # -- schedule ----------------------------------------------------------------------------------------------------
@@ -215,7 +236,7 @@ def train_sft(config: SFTConfig, stop_after: int | None = None) -> dict:
     while step < total_steps:
         # -- one optimiser step: the micro-batches are a pure function of (seed, step) --------------------------------
         epoch, within = divmod(step, steps_per_epoch)
-        batches = batch_order(len(train), config.batch_size, config.seed, epoch)
+        batches = batch_order(len(train), config.batch_size, config.seed, epoch, lengths)
         window = batches[within * config.grad_accum: (within + 1) * config.grad_accum]
         window = window[accelerator.process_index:: accelerator.num_processes] or window[:1]
         collated = [collate([train[i] for i in ids], pad_id) for ids in window]
