@@ -212,9 +212,10 @@ def token_counts(config, tokenizer, total_steps: int) -> dict:
     micro_per_epoch = math.ceil(len(train) / config.batch_size)
     steps_per_epoch = max(1, math.ceil(micro_per_epoch / config.grad_accum))
     real = padded = 0
+    grouping = [len(e) for e in train] if getattr(config, "group_by_length", False) else None
     for step in range(total_steps):
         epoch, within = divmod(step, steps_per_epoch)
-        batches = batch_order(len(train), config.batch_size, config.seed, epoch)
+        batches = batch_order(len(train), config.batch_size, config.seed, epoch, grouping)
         for ids in batches[within * config.grad_accum: (within + 1) * config.grad_accum]:
             lengths = [len(train[i]) for i in ids]
             real += sum(lengths)

@@ -22,7 +22,8 @@ Measurements (one process, CPU, ALFWorld envs in this process: ``workers=0``):
 4. **SFT training tokens/s** for each preset: a short dedicated ``train_sft`` run (``--sft-steps`` optimiser steps,
    batch 16, the first ``--sft-episodes`` demonstrations) from the initial checkpoints built by
    ``learning_curve.py``; tokens/s as logged by the library at the last step (padded micro-batches, loop only) and
-   real (non-pad) tokens/s over the same loop time. The learning-curve runs' figures are copied alongside when
+   real (non-pad) tokens/s over the same loop time, with random batches and with batches grouped by length
+   (``group_by_length``, the default since this benchmark). The learning-curve runs' figures are copied alongside when
    ``--learning-curve`` points at its JSON.
 
 Every timing is wall-clock on a shared 2-core machine: other jobs may run concurrently (the load average before and
@@ -170,7 +171,8 @@ def scoring_comparison(policy, states, repeats: int) -> dict:
     }
 
 
-def sft_throughput(out_dir: Path, preset: str, demos: Path, steps: int, episodes: int, lr: float) -> dict:
+def sft_throughput(out_dir: Path, preset: str, demos: Path, steps: int, episodes: int, lr: float,
+                   group_by_length: bool) -> dict:
     from transformers import AutoTokenizer
 
     from agentprm.algorithms.sft import SFTConfig, train_sft
@@ -187,7 +189,7 @@ def sft_throughput(out_dir: Path, preset: str, demos: Path, steps: int, episodes
     config = load_config(SFTConfig, {
         "data": str(demos), "model": str(init), "out": str(run), "max_episodes": episodes, "val_fraction": 0.1,
         "max_steps": steps, "batch_size": 16, "lr": lr, "warmup_steps": 10, "eval_every": steps,
-        "save_every": steps, "seed": 0, "progress": False,
+        "save_every": steps, "seed": 0, "progress": False, "group_by_length": group_by_length,
     })
     load_before = _load()
     start = time.perf_counter()
@@ -198,7 +200,8 @@ def sft_throughput(out_dir: Path, preset: str, demos: Path, steps: int, episodes
     loop_padded = tps[-1]["value"]
     loop_s = counts["padded_tokens"] / loop_padded
     shutil.rmtree(run)
-    return {"preset": preset, "steps": steps, "episodes": episodes, "wall_s": wall, "loop_s": loop_s,
+    return {"preset": preset, "group_by_length": group_by_length, "steps": steps, "episodes": episodes,
+            "wall_s": wall, "loop_s": loop_s,
             "padded_tokens_per_s": loop_padded, "real_tokens_per_s": counts["real_tokens"] / loop_s,
             "padding_overhead": counts["padded_tokens"] / counts["real_tokens"] - 1,
             "mean_example_tokens": counts["mean_example_tokens"], "load_before": load_before, "load_after": _load()}
@@ -234,11 +237,12 @@ def render(results: dict) -> str:
             lines.append(f"| {label} | " + " | ".join(f"{g['ms_per_decision']:.1f}" for g in s["group_sweep"]
                                                       if g["sorted_by_length"] == sort) + " |")
     if results.get("sft"):
-        lines += ["", "| SFT preset | steps | padded tokens/s | real tokens/s | padding overhead |",
-                  "|---|---|---|---|---|"]
+        lines += ["", "| SFT preset | batches | steps | padded tokens/s | real tokens/s | padding overhead | loop s |",
+                  "|---|---|---|---|---|---|---|"]
         for r in results["sft"]:
-            lines.append(f"| {r['preset']} | {r['steps']} | {r['padded_tokens_per_s']:.0f} | "
-                         f"{r['real_tokens_per_s']:.0f} | {r['padding_overhead']:.0%} |")
+            batches = "grouped by length" if r.get("group_by_length") else "random"
+            lines.append(f"| {r['preset']} | {batches} | {r['steps']} | {r['padded_tokens_per_s']:.0f} | "
+                         f"{r['real_tokens_per_s']:.0f} | {r['padding_overhead']:.0%} | {r['loop_s']:.1f} |")
     return "\n".join(lines)
 
 
@@ -329,11 +333,12 @@ def main(argv=None) -> int:
     if "sft" not in skip:
         results["sft"] = []
         for preset in (p.strip() for p in args.sft_presets.split(",") if p.strip()):
-            log(f"sft {preset}: {args.sft_steps} steps")
             lr = {"tiny": 3e-3, "small": 1e-3}.get(preset, 1e-3)
-            results["sft"].append(sft_throughput(out_dir, preset, out_dir / "demos_train.jsonl", args.sft_steps,
-                                                 args.sft_episodes, lr))
-            save()
+            for grouped in (False, True):
+                log(f"sft {preset}: {args.sft_steps} steps, group_by_length={grouped}")
+                results["sft"].append(sft_throughput(out_dir, preset, out_dir / "demos_train.jsonl",
+                                                     args.sft_steps, args.sft_episodes, lr, grouped))
+                save()
         curve = Path(args.learning_curve)
         if curve.is_file():
             data = json.loads(curve.read_text())
