@@ -18,7 +18,9 @@ Measurements (one process, CPU, ALFWorld envs in this process: ``workers=0``):
    the naive baseline ``Policy.score_responses([prompt], [[candidate]])`` once per (prompt, candidate): one full
    forward pass over prompt + candidate each. The largest |difference| between the two log-probabilities is
    reported as a correctness check. Then ``sample_admissible`` is timed on groups of 1, 4, 16 and 64 states per
-   call, in play order and sorted by prompt length (a group's prompts are left-padded to its longest one).
+   call, in play order and sorted by prompt length (a group's prompts are left-padded to its longest one). Then the
+   PRM: every admissible action of every state scored by ``ProcessRewardModel.score`` (one prompt pass per state)
+   vs one full sequence per pair (the implementation before the shared pass), a PRM built from the policy.
 4. **SFT training tokens/s** for each preset: a short dedicated ``train_sft`` run (``--sft-steps`` optimiser steps,
    batch 16, the first ``--sft-episodes`` demonstrations) from the initial checkpoints built by
    ``learning_curve.py``; tokens/s as logged by the library at the last step (padded micro-batches, loop only) and
@@ -171,6 +173,55 @@ def scoring_comparison(policy, states, repeats: int) -> dict:
     }
 
 
+def prm_scoring_comparison(model_dir: Path, states, repeats: int) -> dict:
+    """PRM scoring of every admissible action of every state (Best-of-N's and DPO's shape): ``score`` (one prompt
+    pass per state, responses on its cache) vs one full sequence per (state, action), the implementation before
+    the shared pass (length-sorted batches of 32 through ``logits``)."""
+    import torch
+
+    from agentprm.models.prm import ProcessRewardModel
+    from agentprm.models.prompts import PromptConfig, PromptState, render_prompt
+
+    torch.manual_seed(0)
+    prm = ProcessRewardModel.from_policy(model_dir, head_init="normal")  # a random head: timing only
+    config = PromptConfig(template="action_only")
+    prompts, responses = [], []
+    for state in states:
+        prompt = render_prompt(PromptState.from_policy_input(state), config, prm.tokenizer)
+        for action in state.observation.admissible_actions or ["look"]:
+            prompts.append(prompt)
+            responses.append(action)
+
+    def full_sequences() -> list[float]:
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(responses[i]))
+        out = [0.0] * len(prompts)
+        with torch.no_grad():
+            for start in range(0, len(order), 32):
+                idx = order[start:start + 32]
+                q = torch.sigmoid(prm.logits([prompts[i] for i in idx], [responses[i] for i in idx]))
+                for i, value in zip(idx, q.tolist()):
+                    out[i] = value
+        return out
+
+    def timed(fn):
+        best, value = math.inf, None
+        for _ in range(repeats):
+            start = time.perf_counter()
+            value = fn()
+            best = min(best, time.perf_counter() - start)
+        return best, value
+
+    load_before = _load()
+    prm.model.eval()
+    shared_s, shared = timed(lambda: prm.score(prompts, responses))
+    full_s, full = timed(full_sequences)
+    return {"states": len(states), "pairs": len(prompts), "shared_s": shared_s, "full_s": full_s,
+            "shared_ms_per_state": 1000 * shared_s / len(states), "full_ms_per_state": 1000 * full_s / len(states),
+            "ratio_full_over_shared": full_s / shared_s,
+            "max_abs_score_diff": max(abs(a - b) for a, b in zip(shared, full)),
+            "load_before": load_before, "load_after": _load()}
+
+
 def sft_throughput(out_dir: Path, preset: str, demos: Path, steps: int, episodes: int, lr: float,
                    group_by_length: bool) -> dict:
     from transformers import AutoTokenizer
@@ -236,6 +287,14 @@ def render(results: dict) -> str:
             label = "sorted by prompt length" if sort else "play order"
             lines.append(f"| {label} | " + " | ".join(f"{g['ms_per_decision']:.1f}" for g in s["group_sweep"]
                                                       if g["sorted_by_length"] == sort) + " |")
+    if results.get("prm_scoring"):
+        r = results["prm_scoring"]
+        lines += ["", f"PRM scoring of every admissible action, {r['states']} states, {r['pairs']} pairs:", "",
+                  "| method | ms per state | speed-up |", "|---|---|---|",
+                  f"| shared prompt pass (`ProcessRewardModel.score`) | {r['shared_ms_per_state']:.1f} | "
+                  f"{r['ratio_full_over_shared']:.1f}x |",
+                  f"| one full sequence per pair | {r['full_ms_per_state']:.1f} | 1x |",
+                  f"| max abs score difference | {r['max_abs_score_diff']:.1e} | |"]
     if results.get("sft"):
         lines += ["", "| SFT preset | batches | steps | padded tokens/s | real tokens/s | padding overhead | loop s |",
                   "|---|---|---|---|---|---|---|"]
@@ -328,6 +387,9 @@ def main(argv=None) -> int:
         states = collect_states(games, args.states, args.max_steps)
         results["scoring"] = scoring_comparison(policy, states, args.repeats)
         log(f"  naive / single {results['scoring']['ratio_naive_over_single']:.1f}x")
+        save()
+        results["prm_scoring"] = prm_scoring_comparison(model, states, args.repeats)
+        log(f"  PRM full sequences / shared prompt {results['prm_scoring']['ratio_full_over_shared']:.1f}x")
         save()
 
     if "sft" not in skip:

@@ -80,7 +80,19 @@ def test_scores_are_probabilities_and_logits_have_grad(prm):
     assert len(set(round(s, 6) for s in scores)) == 4
     logits = prm.logits(PROMPTS, RESPONSES)
     assert logits.shape == (4,) and logits.requires_grad
-    assert torch.sigmoid(logits).tolist() == pytest.approx(scores, abs=1e-6)
+    assert torch.sigmoid(logits).tolist() == pytest.approx(scores, abs=1e-5)
+
+
+@pytest.mark.parametrize("batch_size", [32, 2])
+def test_responses_sharing_a_prompt_score_as_full_sequences(prm, batch_size):
+    # Best-of-N's shape: several responses per state, states of different lengths, repeated in any order.
+    prompts = [PROMPTS[1], PROMPTS[0], PROMPTS[1], PROMPTS[3], PROMPTS[1], PROMPTS[0], PROMPTS[2] * 5]
+    responses = ["look", "go to cabinet 1", "take apple 1 from countertop 1", "", "inventory", "", "look"]
+    shared = prm.score(prompts, responses, batch_size=batch_size)
+    with torch.no_grad():
+        full = torch.sigmoid(prm.logits(prompts, responses)).tolist()  # one full sequence per pair
+    assert shared == pytest.approx(full, abs=1e-5)
+    assert prm.score([], []) == []
 
 
 def test_scoring_is_batch_invariant(prm):

@@ -49,8 +49,11 @@ from agentprm.models.policy import (
     encode_prompts,
     encode_responses,
     eval_no_grad,
+    fork_cache,
     left_pad,
+    length_groups,
     position_ids_from_mask,
+    right_pad,
 )
 
 __all__ = ["ProcessRewardModel"]
@@ -194,18 +197,60 @@ class ProcessRewardModel:
         return self.forward_ids(ids, mask)
 
     def score(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 32) -> list[float]:
-        """``Q = sigmoid(logit)`` in [0, 1] per pair, no grad, eval mode, length-sorted batches."""
+        """``Q = sigmoid(logit)`` in [0, 1] per pair, no grad, eval mode.
+
+        Pairs are grouped by prompt: each distinct prompt runs once and all of its responses run as a batch on its
+        KV cache (:meth:`_shared_prompt_logits`), the way ``Policy.score_candidates`` scores actions. Best-of-N and
+        DPO score several responses per state, which this makes about as cheap as scoring one. The result equals
+        :meth:`logits` on the full sequences up to float error (tested).
+        """
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(responses[i]))
+        if not prompts:
+            return []
+        distinct: dict[str, int] = {}
+        owner = [distinct.setdefault(prompt, len(distinct)) for prompt in prompts]
+        prompt_ids = encode_prompts(self.tokenizer, list(distinct))
+        response_ids = encode_responses(self.tokenizer, list(responses))
+        rows_of: list[list[int]] = [[] for _ in distinct]
+        for row, b in enumerate(owner):
+            rows_of[b].append(row)
         result = [0.0] * len(prompts)
         with eval_no_grad(self.model):
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                q = torch.sigmoid(self.logits([prompts[i] for i in idx], [responses[i] for i in idx]))
-                for i, value in zip(idx, q.tolist()):
-                    result[i] = value
+            for group in length_groups([len(ids) for ids in prompt_ids], batch_size):
+                position = {b: k for k, b in enumerate(group)}
+                rows = [row for b in group for row in rows_of[b]]
+                logits = self._shared_prompt_logits([prompt_ids[b] for b in group],
+                                                    [(position[owner[row]], response_ids[row]) for row in rows],
+                                                    batch_size)
+                for row, value in zip(rows, torch.sigmoid(logits).tolist()):
+                    result[row] = value
         return result
+
+    def _shared_prompt_logits(self, prompt_ids: list[list[int]], rows: list[tuple[int, list[int]]],
+                              batch_size: int) -> Tensor:
+        """Head logits for (prompt index, response ids incl. EOS) rows: one pass over the left-padded prompts with
+        a KV cache, then the responses, right-padded, in chunks of ``batch_size`` rows on copies of that cache;
+        each row is read at its own last response token (its EOS). -> (len(rows),)"""
+        inner = _unwrap(self.model)
+        ids, mask = left_pad(prompt_ids, self.pad_id, self.device)  # (B, P)
+        cache = inner.base_model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                                 use_cache=True).cache
+        out = []
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            last = start + batch_size >= len(rows)
+            row_cache = cache if last else fork_cache(cache)
+            owner = torch.tensor([b for b, _ in chunk], device=self.device)  # (C,)
+            resp, rmask = right_pad([r for _, r in chunk], self.pad_id, self.device)  # (C, R)
+            row_cache.batch_select_indices(owner)
+            pmask = mask[owner]  # (C, P)
+            pos = pmask.sum(-1, keepdim=True) + torch.arange(resp.shape[1], device=self.device)  # (C, R)
+            hidden = inner.base_model(input_ids=resp, attention_mask=torch.cat([pmask, rmask], 1), position_ids=pos,
+                                      cache=row_cache, use_cache=True).last_hidden_state  # (C, R, H)
+            ends = rmask.sum(-1) - 1  # (C,) column of each row's EOS
+            out.append(inner.score(hidden[torch.arange(len(chunk)), ends]).squeeze(-1).float())
+        return torch.cat(out)
 
     def value(self, states: Sequence[str], batch_size: int = 32) -> list[float]:
         """Value model V(s) = score(s, "") (state followed by an empty action + EOS)."""
