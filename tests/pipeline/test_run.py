@@ -124,3 +124,13 @@ def test_rollout_games_windows_cycle_through_the_training_games():
     assert rollout_games(games, 2, 3) == ["e", "a"]  # wraps around
     with pytest.raises(ConfigError, match="rollouts.games"):
         load_config(RunConfig, {"rollouts": {"games": -1}})
+
+
+def test_config_changes_name_nested_keys():
+    from agentprm.pipeline.run import config_changes
+
+    old = {"iterations": 1, "sft": {"lr": 0.1, "steps": 5}, "seed": 0}
+    new = {"iterations": 1, "sft": {"lr": 0.2, "steps": 5, "group_by_length": True}, "seed": 0, "extra": {}}
+    assert config_changes(old, new) == ["extra (new key)", "sft.group_by_length (new key)", "sft.lr"]
+    assert config_changes(new, old) == ["extra (removed key)", "sft.group_by_length (removed key)", "sft.lr"]
+    assert config_changes(old, old) == []

@@ -69,13 +69,30 @@ def prepare_run_dir(config: RunConfig, run_dir: Path) -> None:
     resolved = yaml.safe_dump(to_dict(config), sort_keys=True)
     path = run_dir / "config.yaml"
     if path.is_file() and path.read_text() != resolved:
-        ignored = {"progress"}
-        old, new = yaml.safe_load(path.read_text()), to_dict(config)
-        changed = sorted(k for k in set(old) | set(new) if k not in ignored and old.get(k) != new.get(k))
+        changed = [key for key in config_changes(yaml.safe_load(path.read_text()) or {}, to_dict(config))
+                   if key.split(" ")[0] != "progress"]
         if changed:
             raise ConfigError(f"{run_dir} was started with a different config (changed: {', '.join(changed)}); "
                              f"use a new --out folder or restore the config")
     path.write_text(resolved)
+
+
+def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two resolved configs, sorted; a key only one side has is marked
+    "(new key)" or "(removed key)": a run started by an older version lacks the keys added since, and its finished
+    stages ran without them."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        name = f"{prefix}{key}"
+        if key not in old:
+            changes.append(f"{name} (new key)")
+        elif key not in new:
+            changes.append(f"{name} (removed key)")
+        elif isinstance(old[key], dict) and isinstance(new[key], dict):
+            changes.extend(config_changes(old[key], new[key], f"{name}."))
+        elif old[key] != new[key]:
+            changes.append(name)
+    return changes
 
 
 def run(config: RunConfig, run_dir: str | Path, log=print) -> dict:
