@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -294,12 +292,9 @@ def train_online_dpo(config: DPOConfig, policy_path: str | Path, prm: ResponseSc
 
 
 def _save_model_atomic(folder: Path, policy: Policy, info: dict) -> None:
-    """``save_pretrained`` into ``folder.tmp``, then rename: an interrupted save never leaves a half model."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    policy.save_pretrained(tmp)
-    (tmp / "agentprm_dpo.json").write_text(json.dumps(info, indent=2) + "\n")
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    """``save_pretrained`` into a staging folder, then rename: an interrupted save never leaves a half model."""
+    from agentprm.atomic import atomic_directory
+
+    with atomic_directory(folder, overwrite=True) as staging:
+        policy.save_pretrained(staging)
+        (staging / "agentprm_dpo.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -293,20 +292,17 @@ def _loss(module, items, batch, sequences, q, loss_kind, pad_id, device) -> torc
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    from agentprm.atomic import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def _save_model_atomic(prm: Any, folder: Path, card: dict[str, Any]) -> None:
-    tmp = folder.with_name(folder.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    prm.save_pretrained(tmp)
-    (tmp / "agentprm_prm.json").write_text(json.dumps(card, indent=2) + "\n")
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    from agentprm.atomic import atomic_directory
+
+    with atomic_directory(folder, overwrite=True) as staging:
+        prm.save_pretrained(staging)
+        (staging / "agentprm_prm.json").write_text(json.dumps(card, indent=2) + "\n")
 
 
 def train_prm(config: PRMTrainConfig, targets: list[QTarget], init_model_path: str | Path, out_dir: str | Path,

@@ -19,8 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,6 +27,7 @@ from pathlib import Path
 import torch
 
 from agentprm.algorithms.sft_data import Example, build_examples, collate, in_validation, response_nll
+from agentprm.atomic import atomic_directory
 from agentprm.data import read_trajectories
 from agentprm.metrics import MetricsLogger
 from agentprm.models.checkpoints import check_model_source
@@ -190,14 +189,8 @@ def evaluate(model, examples: list[Example], batch_size: int, pad_id: int) -> fl
 
 
 def _save_atomic(folder: Path, write) -> None:
-    tmp = folder.with_name(folder.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    with atomic_directory(folder, overwrite=True) as staging:
+        write(staging)
 
 
 def train_sft(config: SFTConfig, stop_after: int | None = None) -> dict:

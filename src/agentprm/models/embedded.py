@@ -26,17 +26,16 @@ into place at the end), so an interrupted build never leaves a half checkpoint w
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from agentprm.atomic import atomic_directory
 
 import agentprm
 from agentprm.models.tokenizer import train_tokenizer
@@ -187,37 +186,6 @@ def library_versions() -> dict[str, str]:
         "transformers_version": transformers.__version__,
         "torch_version": torch.__version__,
     }
-
-
-@contextmanager
-def atomic_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield an empty staging folder beside ``target``; on success it is renamed to ``target``, on error removed.
-
-    The staging folder lives in the same parent so the final step is a rename on one filesystem, never a copy.
-    With ``overwrite`` an existing ``target`` is moved aside first and deleted after the new one is in place.
-    """
-    target = Path(target)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} already exists (pass overwrite=True to replace it)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    try:
-        yield staging
-        _replace_directory(staging, target, overwrite)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _replace_directory(staging: Path, target: Path, overwrite: bool) -> None:
-    old: Path | None = None
-    if target.exists():
-        if not overwrite:
-            raise FileExistsError(f"{target} appeared while it was being built")
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        target.rename(old / target.name)
-    staging.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _count_parameters(model: torch.nn.Module) -> int:

@@ -91,7 +91,8 @@ def _convert(gguf_file: Path, target: Path, source: dict[str, Any]) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-    from agentprm.models.embedded import atomic_directory, library_versions, write_model_info
+    from agentprm.atomic import atomic_directory
+    from agentprm.models.embedded import library_versions, write_model_info
 
     started = time.perf_counter()
     package_dir, name = gguf_file.parent, gguf_file.name
