@@ -46,6 +46,9 @@ def compile_metrics(run_dir: Path) -> int:
     return len(lines)
 
 
+STAGE_ORDER = ("rollouts", "targets", "prm", "policy", "eval")  # the order an iteration runs its stages in
+
+
 def _stage_table(run_dir: Path) -> str:
     rows = ["| stage | seconds |", "|---|---|"]
     total = 0.0
@@ -55,7 +58,9 @@ def _stage_table(run_dir: Path) -> str:
             total += seconds
             rows.append(f"| {folder.name} | {seconds:.0f} |")
     for iteration in _iterations(run_dir) + [run_dir / "final_eval"]:
-        stages = [iteration] if iteration.name == "final_eval" else sorted(p for p in iteration.iterdir() if p.is_dir())
+        order = {name: k for k, name in enumerate(STAGE_ORDER)}
+        stages = [iteration] if iteration.name == "final_eval" else sorted(
+            (p for p in iteration.iterdir() if p.is_dir()), key=lambda p: (order.get(p.name, len(order)), p.name))
         for folder in stages:
             if (folder / "stage.json").is_file():
                 seconds = stage_seconds(folder)
