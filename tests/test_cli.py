@@ -9,7 +9,8 @@ import pytest
 
 from agentprm.data import read_trajectories
 
-COMMANDS = [[], ["games"], ["games", "alfworld"], ["demos"], ["play"], ["parquet"], ["init-model"], ["sft"]]
+COMMANDS = [[], ["games"], ["games", "alfworld"], ["demos"], ["play"], ["parquet"], ["init-model"], ["sft"], ["run"],
+            ["rollout"], ["targets"], ["train-prm"], ["train-policy"], ["eval"], ["report"]]
 
 
 def agentprm(*args, stdin=None, check=True):

@@ -6,6 +6,9 @@
     agentprm parquet demos.jsonl demos.parquet [--level step|episode]
     agentprm init-model --records demos.jsonl --out models/tiny [--preset tiny|small|base | --source smollm2]
     agentprm sft [CONFIG.yaml] data=demos.jsonl model=models/tiny out=runs/sft [key=value ...]
+    agentprm run CONFIG.yaml --out RUN [key=value ...]
+    agentprm rollout|targets|train-prm|train-policy|eval RUN --iteration I [--redo]
+    agentprm report RUN
 
 Every user-facing error (unknown environment, missing games, corrupt file) is printed as one line on stderr with
 exit code 2; no traceback.
@@ -206,6 +209,24 @@ def cmd_run(args) -> int:
     return 0
 
 
+STAGE_COMMANDS = {
+    "rollout": "pi_{i-1} plays the training games (iteration i's rollouts, sharded and resumable)",
+    "targets": "Monte Carlo Q targets of iteration i's rollouts (Parquet + histogram)",
+    "train-prm": "train Q_{i-1} on iteration i's targets",
+    "train-policy": "online DPO: pi_i against Q_{i-1} with reference pi_{i-1}",
+    "eval": "evaluate iteration i's rows on the fixed games (no --iteration: the final Best-of-N curve)",
+}
+
+
+def cmd_stage(args) -> int:
+    from agentprm.pipeline.run import run_one_stage
+
+    _quiet_transformers()
+    folder = run_one_stage(args.run, args.command, args.iteration, redo=args.redo)
+    print(f"{folder} is complete; `agentprm report {args.run}` rebuilds the report")
+    return 0
+
+
 def cmd_report(args) -> int:
     from agentprm.config import load_config
     from agentprm.pipeline.run_config import RunConfig
@@ -298,6 +319,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default=None, help="run directory (default runs/<config name>)")
     run.add_argument("--describe", action="store_true", help="list every config key with its default and meaning")
     run.set_defaults(func=cmd_run)
+
+    for command, help_text in STAGE_COMMANDS.items():
+        stage = sub.add_parser(command, help=f"one stage of a run: {help_text}",
+                               description=f"Run one stage of an existing run directory with its config.yaml: "
+                                           f"{help_text}. The stages before it must be complete; a complete stage "
+                                           f"is kept unless --redo.")
+        stage.add_argument("run", help="run directory (made by `agentprm run`)")
+        stage.add_argument("--iteration", type=_positive_int, default=None,
+                           help="AgentPRM iteration i (eval: 0 evaluates pi_0)")
+        stage.add_argument("--redo", action="store_true", help="delete the complete stage and build it again")
+        stage.set_defaults(func=cmd_stage)
 
     report = sub.add_parser("report", help="rebuild report.md, summary.json and plots of a run directory",
                             description="Rebuild the report of a run directory from its finished stages.")

@@ -134,3 +134,43 @@ def test_config_changes_name_nested_keys():
     assert config_changes(old, new) == ["extra (new key)", "sft.group_by_length (new key)", "sft.lr"]
     assert config_changes(new, old) == ["extra (removed key)", "sft.group_by_length (removed key)", "sft.lr"]
     assert config_changes(old, old) == []
+
+
+def test_stage_subcommands_rebuild_one_stage_of_a_run(straight_run, tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    out, _ = straight_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+
+    def stage(*args):
+        return subprocess.run([sys.executable, "-m", "agentprm.cli", *map(str, args)], capture_output=True,
+                              text=True, timeout=600)
+
+    kept = stage("targets", copy, "--iteration", 1)
+    assert kept.returncode == 0 and "[skip] targets (complete)" in kept.stdout
+
+    bad = stage("train-prm", copy, "--iteration", 5)
+    assert bad.returncode == 2 and "no stage for iteration 5" in bad.stderr and "--iteration 1" in bad.stderr
+
+    shutil.rmtree(copy / "iter_1" / "targets")
+    blocked = stage("train-prm", copy, "--iteration", 1, "--redo")
+    assert blocked.returncode == 2 and "iter_1/targets not complete" in blocked.stderr
+    assert (copy / "iter_1" / "prm" / "model").is_dir()  # a refused command touches nothing
+
+    rebuilt = stage("targets", copy, "--iteration", 1)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    pd.testing.assert_frame_equal(pd.read_parquet(copy / "iter_1" / "targets" / "targets.parquet"),
+                                  pd.read_parquet(out / "iter_1" / "targets" / "targets.parquet"))
+
+    redone = stage("eval", copy, "--iteration", 1, "--redo")
+    assert redone.returncode == 0, redone.stderr
+    assert "final_eval were built from the old iter_1/eval" in redone.stdout
+
+    def rows(run):  # everything but the timing
+        return [{k: v for k, v in row.items() if k != "agent_steps_per_s"}
+                for row in json.loads((run / "iter_1" / "eval" / "rows.json").read_text())]
+
+    assert rows(copy) == rows(out)

@@ -19,6 +19,8 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -95,6 +97,43 @@ def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
     return changes
 
 
+@dataclass
+class PlannedStage:
+    """One stage of a run: its folder (relative name such as ``iter_1/prm``), how to build it, and the
+    subcommand that runs it alone (``agentprm <command> RUN --iteration i``; empty: only ``agentprm run``)."""
+
+    name: str
+    build: Callable[[Path], None]
+    command: str = ""
+    iteration: int | None = None
+
+
+def stage_plan(ctx: RunContext) -> list[PlannedStage]:
+    """Every stage of the run in execution order; each reads only the folders of stages before it."""
+    from agentprm.pipeline import run_stages as s
+
+    config = ctx.config
+    plan = []
+    if not config.games.root and config.games.env == "alfworld":
+        plan.append(PlannedStage("games", lambda out: s.generate(ctx, out)))
+    plan += [PlannedStage("demos", lambda out: s.demos(ctx, out)),
+             PlannedStage("model_init", lambda out: s.init_model(ctx, out)),
+             PlannedStage("iter_0/policy", lambda out: s.sft(ctx, out)),
+             PlannedStage("iter_0/eval", lambda out: s.evaluate_rows(ctx, out, [("policy", 0, None)]), "eval", 0)]
+    for i in range(1, config.iterations + 1):
+        rows = [("bon", i - 1, i - 1), ("policy", i, None), ("bon", i, i - 1)]
+        plan += [
+            PlannedStage(f"iter_{i}/rollouts", lambda out, i=i: s.rollouts(ctx, out, i), "rollout", i),
+            PlannedStage(f"iter_{i}/targets", lambda out, i=i: s.targets(ctx, out, i), "targets", i),
+            PlannedStage(f"iter_{i}/prm", lambda out, i=i: s.train_prm(ctx, out, i), "train-prm", i),
+            PlannedStage(f"iter_{i}/policy", lambda out, i=i: s.train_policy(ctx, out, i), "train-policy", i),
+            PlannedStage(f"iter_{i}/eval", lambda out, rows=rows: s.evaluate_rows(ctx, out, rows), "eval", i),
+        ]
+    if config.iterations >= 1:
+        plan.append(PlannedStage("final_eval", lambda out: s.bon_curve(ctx, out), "eval", None))
+    return plan
+
+
 def run(config: RunConfig, run_dir: str | Path, log=print) -> dict:
     """Run (or resume) the whole pipeline in ``run_dir``; return the summary."""
     from agentprm.pipeline import run_stages as s
@@ -104,26 +143,48 @@ def run(config: RunConfig, run_dir: str | Path, log=print) -> dict:
     started = time.time()
     write_manifest(run_dir, config.seed, started, None)
     ctx = RunContext(config, run_dir, log)
-
-    if not config.games.root and config.games.env == "alfworld":
-        run_stage(run_dir / "games", lambda out: s.generate(ctx, out), log)
-    run_stage(run_dir / "demos", lambda out: s.demos(ctx, out), log)
-    run_stage(run_dir / "model_init", lambda out: s.init_model(ctx, out), log)
-    run_stage(run_dir / "iter_0" / "policy", lambda out: s.sft(ctx, out), log)
-    run_stage(run_dir / "iter_0" / "eval", lambda out: s.evaluate_rows(ctx, out, [("policy", 0, None)]), log)
-    for i in range(1, config.iterations + 1):
-        it = run_dir / f"iter_{i}"
-        run_stage(it / "rollouts", lambda out: s.rollouts(ctx, out, i), log)
-        run_stage(it / "targets", lambda out: s.targets(ctx, out, i), log)
-        run_stage(it / "prm", lambda out: s.train_prm(ctx, out, i), log)
-        run_stage(it / "policy", lambda out: s.train_policy(ctx, out, i), log)
-        rows = [("bon", i - 1, i - 1), ("policy", i, None), ("bon", i, i - 1)]
-        run_stage(it / "eval", lambda out: s.evaluate_rows(ctx, out, rows), log)
-    if config.iterations >= 1:
-        run_stage(run_dir / "final_eval", lambda out: s.bon_curve(ctx, out), log)
+    for stage in stage_plan(ctx):
+        run_stage(run_dir / stage.name, stage.build, log)
     summary = s.finish(ctx, started)
     write_manifest(run_dir, config.seed, started, time.time())
     return summary
+
+
+def run_one_stage(run_dir: str | Path, command: str, iteration: int | None, redo: bool = False,
+                  log=print) -> Path:
+    """Run the stage of an existing run directory that ``agentprm <command> RUN --iteration i`` names (``eval``
+    without an iteration: the final Best-of-N curve), with the run's own ``config.yaml``.
+
+    Every stage before it must be complete (each reads its predecessors' folders); a complete stage is kept
+    unless ``redo``, which deletes it and builds it again. Stages after it are not touched: after a redo they may
+    no longer match it, which the message says.
+    """
+    from agentprm.config import load_config
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml); start one with `agentprm run`")
+    config = load_config(RunConfig, run_dir / "config.yaml")
+    plan = stage_plan(RunContext(config, run_dir, log))
+    matches = [k for k, stage in enumerate(plan) if stage.command == command and stage.iteration == iteration]
+    if not matches:
+        known = ", ".join(f"--iteration {stage.iteration}" if stage.iteration is not None else "(no --iteration)"
+                          for stage in plan if stage.command == command)
+        raise ConfigError(f"`{command}` has no stage for iteration {iteration} in {run_dir} "
+                          f"(iterations: {config.iterations}); valid: {known or 'none'}")
+    index = matches[0]
+    missing = [stage.name for stage in plan[:index] if not (run_dir / stage.name).is_dir()]
+    if missing:
+        raise ConfigError(f"{plan[index].name} needs the earlier stages first ({', '.join(missing)} not complete): "
+                          f"run `agentprm run {run_dir / 'config.yaml'} --out {run_dir}` or their subcommands")
+    folder = run_dir / plan[index].name
+    if redo and folder.is_dir():
+        shutil.rmtree(folder)
+        later = [stage.name for stage in plan[index + 1:] if (run_dir / stage.name).is_dir()]
+        if later:
+            log(f"note: {', '.join(later)} were built from the old {plan[index].name}; redo them too if they "
+                f"depend on it")
+    return run_stage(folder, plan[index].build, log)
 
 
 def clean_partial(run_dir: Path) -> list[Path]:
