@@ -201,8 +201,8 @@ def test_train_online_dpo_free_mode_saves_a_reloadable_model(sft_model, alfworld
     config = DPOConfig(lr=1e-4, steps=2, states_per_step=2, mode="free", max_new_tokens=6, progress=False)
     summary = train_online_dpo(config, sft_model, GoToScorer(), states, tmp_path / "dpo", PROMPT_CONFIG)
     folder = tmp_path / "dpo" / "model"
-    assert summary["model"] == str(folder) and summary["steps"] == 2
-    assert not (tmp_path / "dpo" / "model.tmp").exists()
+    assert tmp_path / "dpo" / summary["model"] == folder and summary["steps"] == 2
+    assert sorted(p.name for p in (tmp_path / "dpo").iterdir() if p.name.startswith(".")) == []  # no staging left
     reloaded = Policy.from_pretrained(folder)
     assert reloaded.generate(["Task: x\nACTION:\n"], max_new_tokens=4, seed=0)[0][0].token_ids
     assert json.loads((folder / "agentprm_dpo.json").read_text())["reference"] == str(sft_model)

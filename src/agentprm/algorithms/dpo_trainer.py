@@ -286,7 +286,7 @@ def train_online_dpo(config: DPOConfig, policy_path: str | Path, prm: ResponseSc
         if own_metrics:
             metrics.close()
     _save_model_atomic(out / "model", policy, {"reference": str(policy_path), **dataclasses.asdict(config)})
-    summary["model"] = str(out / "model")
+    summary["model"] = "model"  # relative to the summary's folder, which a run renames when the stage completes
     (out / "dpo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

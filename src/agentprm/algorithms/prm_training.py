@@ -380,7 +380,7 @@ def train_prm(config: PRMTrainConfig, targets: list[QTarget], init_model_path: s
                "train_items": len(items), "first_loss": losses[0], "final_loss": losses[-1],
                "train_bce": validation_bce(train_scores, [train_q[i] for i in sample]), "val_bce": report["bce"],
                "early_step_auc": report["early_step_auc"], "ece": report["ece"],
-               "seconds": time.perf_counter() - start_time, "model": str(out / "model")}
+               "seconds": time.perf_counter() - start_time, "model": "model"}  # relative: the run renames the folder
     if accelerator.is_main_process:
         _write_outputs(out, prm, config, report, summary, val, scores, iteration)
     accelerator.wait_for_everyone()
