@@ -19,6 +19,7 @@ from agentprm.algorithms.prm_training import (
     early_step_scores,
     expected_calibration_error,
     prm_validation_report,
+    same_state_ranking,
     select_bt_pairs,
     soft_bce_loss,
     train_prm,
@@ -210,3 +211,16 @@ def test_bradley_terry_run_and_bad_inputs(sft_model, alfworld_demos, tmp_path):
     with pytest.raises(PRMTrainError, match="does not exist"):
         train_prm(load_config(PRMTrainConfig, {"progress": False}), targets, tmp_path / "missing", tmp_path / "x",
                   PromptConfig())
+
+
+def test_same_state_ranking_by_hand():
+    records = [episode("g", ["a0"], True), episode("g", ["b0"], False), episode("g", ["c0"], True),
+               episode("g", ["c0"], False), episode("g", ["d0", "x"], True), episode("h", ["e0"], False)]
+    targets = mc_q_targets(records, gamma=0.99, val_fraction=0.0)
+    # q: a0 1.0, b0 0.0, c0 0.5, d0 0.99, x 1.0, e0 0.0; pairs (0,1) (0,2) (2,1) (3,1) (3,2) as in the BT test
+    scores = [0.9, 0.2, 0.2, 0.1, 0.5, 0.3]  # (0,1) right, (0,2) right, (2,1) tie, (3,1) wrong, (3,2) wrong
+    found = same_state_ranking(targets, scores)
+    assert found == {"states": 3, "multi_action_states": 1, "pairs": 5, "pair_accuracy": pytest.approx(2.5 / 5)}
+    assert math.isnan(same_state_ranking(targets[4:], scores[4:])["pair_accuracy"])
+    report = prm_validation_report(targets, scores)
+    assert report["same_state_pairs"] == 5 and report["same_state_pair_accuracy"] == pytest.approx(0.5)

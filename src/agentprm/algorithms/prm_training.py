@@ -170,6 +170,25 @@ def early_step_auc(targets: Sequence[QTarget], scores: Sequence[float], first_st
     return auc(*early_step_scores(targets, scores, first_steps))
 
 
+def same_state_ranking(targets: Sequence[QTarget], scores: Sequence[float], delta: float = 0.03) -> dict[str, Any]:
+    """How well the PRM orders actions at the same state -- the comparison online DPO and Best-of-N make.
+
+    Over the pairs of :func:`select_bt_pairs` (same state, q_i - q_j >= delta): ``pair_accuracy`` = share of pairs
+    with score_i > score_j (ties count 1/2; nan without pairs). Also ``states``, ``multi_action_states`` (states
+    with at least two distinct actions among the targets) and ``pairs``: with few branching states the PRM is
+    trained mostly as a value function and its ranking of alternatives is barely constrained.
+    """
+    if len(targets) != len(scores):
+        raise ValueError(f"{len(targets)} targets but {len(scores)} scores")
+    pairs = select_bt_pairs(targets, delta)
+    correct = sum(1.0 if scores[i] > scores[j] else 0.5 if scores[i] == scores[j] else 0.0 for i, j in pairs)
+    per_state: dict[str, int] = {}
+    for target in targets:
+        per_state[state_key(target)] = per_state.get(state_key(target), 0) + 1
+    return {"states": len(per_state), "multi_action_states": sum(n > 1 for n in per_state.values()),
+            "pairs": len(pairs), "pair_accuracy": correct / len(pairs) if pairs else math.nan}
+
+
 def calibration_bins(scores: Sequence[float], targets: Sequence[float], bins: int = 10) -> list[dict[str, Any]]:
     """Equal-width score bins [lo, hi) (the last closed) with count, mean score and mean Q_hat (None when empty)."""
     if len(scores) != len(targets):
@@ -207,6 +226,7 @@ def prm_validation_report(targets: Sequence[QTarget], scores: Sequence[float], b
         "early_step_auc": auc(episode_scores, episode_won), "first_steps": first_steps,
         "ece": expected_calibration_error(scores, q, bins), "calibration": calibration_bins(scores, q, bins),
         "target_histogram": target_histogram(targets, bins),
+        **{f"same_state_{k}": v for k, v in same_state_ranking(targets, scores).items()},
     }
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in report.items()}
 
