@@ -118,6 +118,16 @@ def collect_states(games, n_states: int, max_steps: int) -> list[tuple[str, list
     return states
 
 
+def best_of(fn, repeats: int):
+    """(fastest wall time of ``repeats`` calls of ``fn``, the last call's value)."""
+    best, value = math.inf, None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        value = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, value
+
+
 def scoring_comparison(policy, states, repeats: int) -> dict:
     from agentprm.models.prompts import PromptConfig, PromptState, render_prompt
 
@@ -127,13 +137,7 @@ def scoring_comparison(policy, states, repeats: int) -> dict:
     n_candidates = sum(len(c) for c in candidates)
 
     def timed(fn):
-        best = math.inf
-        value = None
-        for _ in range(repeats):
-            start = time.perf_counter()
-            value = fn()
-            best = min(best, time.perf_counter() - start)
-        return best, value
+        return best_of(fn, repeats)
 
     load_before = _load()
     batched_s, _ = timed(lambda: policy.sample_admissible(prompts, candidates, n=1, temperature=0.3, seed=0))
@@ -204,12 +208,7 @@ def prm_scoring_comparison(model_dir: Path, states, repeats: int) -> dict:
         return out
 
     def timed(fn):
-        best, value = math.inf, None
-        for _ in range(repeats):
-            start = time.perf_counter()
-            value = fn()
-            best = min(best, time.perf_counter() - start)
-        return best, value
+        return best_of(fn, repeats)
 
     load_before = _load()
     prm.model.eval()
