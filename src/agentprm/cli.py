@@ -236,7 +236,7 @@ def cmd_report(args) -> int:
     if not (run_dir / "config.yaml").is_file():
         raise EnvError(f"{run_dir} is not a run directory (no config.yaml)")
     config = load_config(RunConfig, run_dir / "config.yaml")
-    write_run_report(run_dir, config, 0.0)
+    write_run_report(run_dir, config, None)
     print(f"Rebuilt {run_dir / 'report.md'} and {run_dir / 'summary.json'}")
     return 0
 

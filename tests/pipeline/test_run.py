@@ -174,3 +174,10 @@ def test_stage_subcommands_rebuild_one_stage_of_a_run(straight_run, tmp_path):
                 for row in json.loads((run / "iter_1" / "eval" / "rows.json").read_text())]
 
     assert rows(copy) == rows(out)
+
+    rebuilt_report = stage("report", copy)
+    assert rebuilt_report.returncode == 0, rebuilt_report.stderr
+    assert "report rebuilt by `agentprm report`" in (copy / "report.md").read_text()
+    original, again = read_summary(out / "summary.json"), read_summary(copy / "summary.json")
+    assert [row["agent"] for row in again["rows"]] == [row["agent"] for row in original["rows"]]
+    assert [row["success"] for row in again["rows"]] == [row["success"] for row in original["rows"]]

@@ -102,8 +102,11 @@ def _calibration_bins(validation: dict) -> list[dict]:
     return []
 
 
-def write_run_report(run_dir: Path, config, seconds: float) -> dict:
-    """Rebuild summary.json, metrics.jsonl, plots and report.md of ``run_dir``; return the summary."""
+def write_run_report(run_dir: Path, config, seconds: float | None) -> dict:
+    """Rebuild summary.json, metrics.jsonl, plots and report.md of ``run_dir``; return the summary.
+
+    ``seconds``: how long the ``agentprm run`` invocation that finished the run took (None when ``agentprm report``
+    rebuilds the report: the stage table still has every stage's time)."""
     run_dir = Path(run_dir)
     rows = collect_rows(run_dir)
     eval_games = rows[0]["episodes"] if rows else 0
@@ -116,8 +119,10 @@ def write_run_report(run_dir: Path, config, seconds: float) -> dict:
         if bins:
             plot_calibration(bins, run_dir / "plots" / "calibration.png")
     sections = {
-        "Run": f"`agentprm run` in `{run_dir}`; this invocation took {seconds:.0f} s. The resolved config is "
-               f"`config.yaml`; versions and seed are in `manifest.json`.",
+        "Run": (f"`agentprm run` in `{run_dir}`; "
+                + (f"this invocation took {seconds:.0f} s. " if seconds is not None
+                   else "report rebuilt by `agentprm report`. ")
+                + "The resolved config is `config.yaml`; versions and seed are in `manifest.json`."),
         "Stages": _stage_table(run_dir),
     }
     notes = _training_notes(run_dir)
