@@ -35,10 +35,8 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime as _dt
-import importlib.metadata
 import json
 import os
-import platform
 import random
 import shlex
 import statistics
@@ -47,6 +45,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import load_average
+from machine import machine_info as shared_machine_info
 
 from agentprm.envs import pddl_cache
 from agentprm.envs.base import Game
@@ -72,13 +73,6 @@ def _summary(xs: list[float]) -> dict:
         "min_s": min(xs),
         "max_s": max(xs),
     }
-
-
-def _version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 class PhaseTimers:
@@ -126,33 +120,9 @@ class PhaseTimers:
         self._undo.clear()
 
 
-def _loadavg() -> list[float] | None:
-    """1/5/15-minute load averages: a load well above 1 means another job shared the CPUs during the run."""
-    try:
-        return list(os.getloadavg())
-    except OSError:
-        return None
-
-
 def machine_info() -> dict:
-    cpu_model = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "packages": {
-            name: _version(name)
-            for name in ("agentprm", "alfworld", "textworld", "fast-downward-textworld", "textworld-express", "py4j")
-        },
-    }
+    return shared_machine_info(("agentprm", "alfworld", "textworld", "fast-downward-textworld", "textworld-express",
+                                "py4j"))
 
 
 def play_random(env, games: list[Game], total_steps: int, max_episode_steps: int, rng: random.Random,
@@ -611,7 +581,7 @@ def main(argv=None) -> int:
         "command": command,
         "machine": machine_info(),
         "code": code_state(),
-        "load_average_at_start": _loadavg(),
+        "load_average_at_start": load_average(),
         "config": vars(args),
         "generation": {},
         "settings": {},
@@ -632,7 +602,7 @@ def main(argv=None) -> int:
         print("[twx-twc] benchmarking ...", flush=True)
         results["settings"]["twx-twc"] = bench_twx(args.games_twx, args, random.Random(f"{args.seed}/twx-twc"))
     results["wall_time_s"] = time.perf_counter() - t_start
-    results["load_average_at_end"] = _loadavg()
+    results["load_average_at_end"] = load_average()
 
     print()
     print(table(results))

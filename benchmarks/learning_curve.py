@@ -49,11 +49,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import importlib.metadata
 import json
 import math
-import os
-import platform
 import shlex
 import shutil
 import sys
@@ -62,6 +59,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from machine import load_average
+from machine import machine_info as shared_machine_info
 
 from agentprm.envs.base import Game
 
@@ -72,37 +71,11 @@ DEFAULT_LR = {"tiny": 3e-3, "small": 1e-3, "base": 5e-4}
 # -- helpers ---------------------------------------------------------------------------------------------------------
 
 
-def _version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def machine_info() -> dict:
-    cpu_model = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = None
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.is_available(),
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "load_average_at_start": load,
-        "packages": {name: _version(name) for name in ("agentprm", "torch", "transformers", "accelerate", "alfworld",
-                                                       "textworld", "tokenizers")},
-    }
+    return {**shared_machine_info(("agentprm", "torch", "transformers", "accelerate", "alfworld", "textworld",
+                                   "tokenizers")),
+            "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
+            "load_average_at_start": load_average()}
 
 
 def interleave_by_task_type(games: list[Game]) -> list[Game]:

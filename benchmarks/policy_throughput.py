@@ -42,7 +42,6 @@ import argparse
 import datetime as _dt
 import json
 import math
-import os
 import shlex
 import shutil
 import sys
@@ -53,6 +52,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from learning_curve import interleave_by_task_type, log, machine_info  # noqa: E402
+from machine import load_average  # noqa: E402
 
 
 class TimedAgent:
@@ -73,13 +73,6 @@ class TimedAgent:
         return actions
 
 
-def _load() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
 def agent_throughput(policy, games, mode: str, num_envs: int, max_steps: int, max_new_tokens: int) -> dict:
     from agentprm.agents.policy_agent import PolicyAgent
     from agentprm.models.prompts import PromptConfig
@@ -87,7 +80,7 @@ def agent_throughput(policy, games, mode: str, num_envs: int, max_steps: int, ma
 
     agent = TimedAgent(PolicyAgent(policy, prompt=PromptConfig(template="action_only"), mode=mode, temperature=0.3,
                                    max_new_tokens=max_new_tokens, seed=0))
-    load_before = _load()
+    load_before = load_average()
     evaluation = evaluate_policy("alfworld", games, agent, f"{mode}-{num_envs}", max_steps=max_steps,
                                  num_envs=num_envs, workers=0)
     return {
@@ -96,7 +89,7 @@ def agent_throughput(policy, games, mode: str, num_envs: int, max_steps: int, ma
         "steps_per_s": evaluation.steps_per_second, "policy_s": agent.seconds, "policy_calls": agent.calls,
         "policy_decisions_per_s": agent.decisions / agent.seconds if agent.seconds else None,
         "env_and_runner_s": evaluation.seconds - agent.seconds, "success": evaluation.success,
-        "load_before": load_before, "load_after": _load(),
+        "load_before": load_before, "load_after": load_average(),
     }
 
 
@@ -139,7 +132,7 @@ def scoring_comparison(policy, states, repeats: int) -> dict:
     def timed(fn):
         return best_of(fn, repeats)
 
-    load_before = _load()
+    load_before = load_average()
     batched_s, _ = timed(lambda: policy.sample_admissible(prompts, candidates, n=1, temperature=0.3, seed=0))
     single_s, _ = timed(lambda: [policy.sample_admissible([p], [c], n=1, temperature=0.3, seed=0)
                                  for p, c in zip(prompts, candidates)])
@@ -173,7 +166,7 @@ def scoring_comparison(policy, states, repeats: int) -> dict:
         "ratio_naive_over_single": naive_s / single_s, "ratio_naive_over_batched": naive_s / batched_s,
         "max_abs_logprob_diff": diff, "group_sweep": group_sweep,
         "prompt_tokens_min": min(lengths), "prompt_tokens_max": max(lengths),
-        "load_before": load_before, "load_after": _load(),
+        "load_before": load_before, "load_after": load_average(),
     }
 
 
@@ -210,7 +203,7 @@ def prm_scoring_comparison(model_dir: Path, states, repeats: int) -> dict:
     def timed(fn):
         return best_of(fn, repeats)
 
-    load_before = _load()
+    load_before = load_average()
     prm.model.eval()
     shared_s, shared = timed(lambda: prm.score(prompts, responses))
     full_s, full = timed(full_sequences)
@@ -218,7 +211,7 @@ def prm_scoring_comparison(model_dir: Path, states, repeats: int) -> dict:
             "shared_ms_per_state": 1000 * shared_s / len(states), "full_ms_per_state": 1000 * full_s / len(states),
             "ratio_full_over_shared": full_s / shared_s,
             "max_abs_score_diff": max(abs(a - b) for a, b in zip(shared, full)),
-            "load_before": load_before, "load_after": _load()}
+            "load_before": load_before, "load_after": load_average()}
 
 
 def sft_throughput(out_dir: Path, preset: str, demos: Path, steps: int, episodes: int, lr: float,
@@ -241,7 +234,7 @@ def sft_throughput(out_dir: Path, preset: str, demos: Path, steps: int, episodes
         "max_steps": steps, "batch_size": 16, "lr": lr, "warmup_steps": 10, "eval_every": steps,
         "save_every": steps, "seed": 0, "progress": False, "group_by_length": group_by_length,
     })
-    load_before = _load()
+    load_before = load_average()
     start = time.perf_counter()
     train_sft(config)
     wall = time.perf_counter() - start
@@ -254,7 +247,7 @@ def sft_throughput(out_dir: Path, preset: str, demos: Path, steps: int, episodes
             "wall_s": wall, "loop_s": loop_s,
             "padded_tokens_per_s": loop_padded, "real_tokens_per_s": counts["real_tokens"] / loop_s,
             "padding_overhead": counts["padded_tokens"] / counts["real_tokens"] - 1,
-            "mean_example_tokens": counts["mean_example_tokens"], "load_before": load_before, "load_after": _load()}
+            "mean_example_tokens": counts["mean_example_tokens"], "load_before": load_before, "load_after": load_average()}
 
 
 def render(results: dict) -> str:

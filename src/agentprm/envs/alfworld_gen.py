@@ -22,7 +22,7 @@ import json
 import random
 from dataclasses import dataclass, field
 
-from agentprm.envs.alfworld_assets import TASK_TYPES, AlfworldAssets, receptacle_type, mangle
+from agentprm.envs.alfworld_assets import AlfworldAssets, receptacle_type, mangle
 
 SPLITS = ("train", "valid_seen", "valid_unseen")
 
