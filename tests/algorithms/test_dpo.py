@@ -209,3 +209,52 @@ def test_train_online_dpo_free_mode_saves_a_reloadable_model(sft_model, alfworld
     assert json.loads((tmp_path / "dpo" / "dpo_summary.json").read_text())["steps"] == 2
     names = {m["name"] for m in read_metrics(tmp_path / "dpo" / "metrics.jsonl", "dpo")}
     assert {"prm_reward", "kl_to_reference", "pairs", "skipped_ties", "valid_fraction"} <= names
+
+
+def test_the_monitor_reads_every_m_steps_and_keeps_the_best_weights(sft_model, alfworld_demos, tmp_path):
+    from agentprm.algorithms.dpo_trainer import DPOValidation
+
+    states = [s for s in _states(alfworld_demos)[:12] if any(a.startswith("go to") for a in s.admissible_actions)]
+    policy, reference = Policy.from_pretrained(sft_model), Policy.from_pretrained(sft_model)
+    # A scripted "success" stands in for the validation games (the run test plays real ones); it snapshots the
+    # weights it was shown, so the kept checkpoint can be checked exactly.
+    scripted, shown = iter([0.5, 0.9, 0.1, 0.2]), []
+
+    def success(p):
+        shown.append({k: v.detach().clone() for k, v in getattr(p.model, "module", p.model).state_dict().items()})
+        return next(scripted)
+
+    config = DPOConfig(lr=1e-3, beta=0.1, steps=5, states_per_step=6, temperature=1.0, progress=False,
+                       monitor_every=2)
+    with MetricsLogger(tmp_path / "metrics.jsonl", "dpo") as metrics:
+        summary = online_dpo_loop(config, policy, reference, GoToScorer(), states, PROMPT_CONFIG, metrics,
+                                  DPOValidation(states=states[:4], success=success))
+    monitor = summary["monitor"]
+    assert [r["step"] for r in monitor["readings"]] == [0, 2, 4, 5]  # step 0, every 2, and the last
+    assert [r["success"] for r in monitor["readings"]] == [0.5, 0.9, 0.1, 0.2]
+    assert monitor["selected_step"] == 2 and monitor["kept"] == "best"
+    scores = [r["prm_score"] for r in monitor["readings"]]
+    assert monitor["hacking_warnings"] == [s for s, score, ok in zip([4, 5], scores[2:], [0.1, 0.2])
+                                           if score > scores[1]]
+    final = policy.model.state_dict()
+    assert all(torch.equal(final[k], shown[1][k]) for k in final)  # the weights of the step-2 reading
+    assert not all(torch.equal(final[k], shown[3][k]) for k in final)  # not the last ones
+    # the PRM score reading is the GoToScorer's mean over one sample per state: a fraction of "go to" actions
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    logged = [m["value"] for m in read_metrics(tmp_path / "metrics.jsonl", "dpo", "val_success")]
+    assert logged == [0.5, 0.9, 0.1, 0.2]
+
+
+def test_without_keep_best_the_last_weights_stay(sft_model, alfworld_demos, tmp_path):
+    from agentprm.algorithms.dpo_trainer import DPOValidation
+
+    states = _states(alfworld_demos, 6)
+    policy, reference = Policy.from_pretrained(sft_model), Policy.from_pretrained(sft_model)
+    scripted = iter([0.9, 0.1])
+    config = DPOConfig(lr=1e-3, beta=0.1, steps=2, states_per_step=4, temperature=1.0, progress=False,
+                       monitor_every=5, keep_best=False)
+    with MetricsLogger(tmp_path / "metrics.jsonl", "dpo") as metrics:
+        summary = online_dpo_loop(config, policy, reference, GoToScorer(), states, PROMPT_CONFIG, metrics,
+                                  DPOValidation(states=[], success=lambda p: next(scripted)))
+    assert summary["monitor"]["selected_step"] == 0 and summary["monitor"]["kept"] == "last"
+    assert not all(torch.equal(v, reference.model.state_dict()[k]) for k, v in policy.model.state_dict().items())

@@ -23,7 +23,9 @@ def tiny_config(root) -> dict:
         "iterations": 1,
         "rollouts": {"episodes_per_game": 2, "temperature": 1.0, "max_steps": 8},
         "prm": {"lr": 0.001, "max_steps": 8, "batch_size": 16, "eval_every": 4},
-        "dpo": {"lr": 0.0001, "steps": 3, "states_per_step": 4, "samples_per_state": 2, "temperature": 1.0},
+        "dpo": {"lr": 0.0001, "steps": 3, "states_per_step": 4, "samples_per_state": 2, "temperature": 1.0,
+                "monitor_every": 2},
+        "monitor": {"split": "seen", "games": 3, "states": 8},
         "eval": {"max_steps": 8, "bon_n": 2, "bon_curve": [1, 2]},
         "num_envs": 6,
         "seed": 0,
@@ -69,6 +71,13 @@ def test_a_run_produces_the_papers_table_shape(straight_run):
         assert (out / name).exists(), name
     stages = {json.loads(line)["stage"] for line in (out / "metrics.jsonl").read_text().splitlines()}
     assert {"sft", "targets", "prm", "dpo"} <= stages
+    # the reward-hacking monitor played the 3 seen games at DPO steps 0, 2 and 3 and kept the best reading
+    monitor = json.loads((out / "iter_1/policy/dpo_summary.json").read_text())["monitor"]
+    assert [r["step"] for r in monitor["readings"]] == [0, 2, 3]
+    assert all(r["success"] in (0, 1 / 3, 2 / 3, 1) for r in monitor["readings"])
+    best = max(r["success"] for r in monitor["readings"])
+    assert monitor["selected_step"] == next(r["step"] for r in monitor["readings"] if r["success"] == best)
+    assert (out / "plots/reward_hacking.png").exists() and "Reward hacking" in report
     assert not list(out.rglob("*.partial"))
 
 
@@ -181,3 +190,16 @@ def test_stage_subcommands_rebuild_one_stage_of_a_run(straight_run, tmp_path):
     original, again = read_summary(out / "summary.json"), read_summary(copy / "summary.json")
     assert [row["agent"] for row in again["rows"]] == [row["agent"] for row in original["rows"]]
     assert [row["success"] for row in again["rows"]] == [row["success"] for row in original["rows"]]
+
+
+def test_the_monitor_refuses_the_evaluation_split_and_missing_games(alfworld_root):
+    from agentprm.config import ConfigError, load_config
+
+    root, _ = alfworld_root
+    bad = tiny_config(root) | {"monitor": {"split": "unseen", "games": 3}}
+    with pytest.raises(ConfigError, match="monitor.split must not be the evaluation split"):
+        load_config(RunConfig, bad)
+    generated = tiny_config(root)
+    generated["games"] = {"train": 6, "seen": 0, "unseen": 6}
+    with pytest.raises(ConfigError, match=r"set games.seen > 0"):
+        load_config(RunConfig, generated)

@@ -29,6 +29,10 @@ Deliberate choices and deviations from the reference implementation:
 - ``admissible`` mode (the default for small models, not in the paper) samples K actions among the admissible
   ones, formatted with ``format_response`` (``"ACTION: <a>"`` for the reason_action template).
 - The loss uses the sampled token ids as they are (never re-tokenised text).
+- Reward-hacking monitor (``monitor_every`` > 0 and a ``DPOValidation``): readings at step 0, every
+  ``monitor_every`` steps and at the end, logged as ``val_prm_score``, ``val_success`` and ``reward_hacking``
+  (:mod:`agentprm.algorithms.dpo_monitor`); with ``keep_best`` the returned policy is the reading with the best
+  validation success (the paper's "return the best policy on a validation set"), which may be step 0 = pi_{i-1}.
 - Single process only: under ``accelerate launch`` with several processes, a process without pairs would skip
   the backward its peers wait on, so the trainer refuses to start rather than hang.
 
@@ -43,7 +47,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol, Sequence
+from typing import Callable, Literal, Protocol, Sequence
 
 import torch
 
@@ -54,12 +58,13 @@ from agentprm.algorithms.dpo import (
     select_dpo_pairs,
     sequence_logprobs_with_grad,
 )
+from agentprm.algorithms.dpo_monitor import MonitorReading, RewardHackingMonitor
 from agentprm.metrics import MetricsLogger
 from agentprm.models.parser import parse_response
 from agentprm.models.policy import Policy, Sample, encode_prompts
 from agentprm.models.prompts import PromptConfig, PromptState, format_response, render_prompt
 
-__all__ = ["DPOConfig", "ResponseScorer", "train_online_dpo", "online_dpo_loop", "sample_responses",
+__all__ = ["DPOConfig", "DPOValidation", "ResponseScorer", "train_online_dpo", "online_dpo_loop", "sample_responses",
            "score_samples"]
 
 
@@ -90,8 +95,17 @@ class DPOConfig:
     seed: int = field(default=0, metadata={"help": "seeds the state draws and the sampling"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
     log_every: int = field(default=1, metadata={"help": "log the means of the metrics every N steps"})
+    monitor_every: int = field(default=0, metadata={"help": "reward-hacking monitor: PRM score and true success "
+                                                            "on validation data every N steps (0 = off)"})
+    keep_best: bool = field(default=True, metadata={"help": "with the monitor on, return the policy of the "
+                                                            "reading with the best validation success"})
+    monitor_tolerance: float = field(default=0.0, metadata={"help": "warn of reward hacking when the PRM score "
+                                                                    "beats the best reading's while success is "
+                                                                    "more than this below it"})
 
     def validate(self) -> None:
+        if self.monitor_every < 0 or self.monitor_tolerance < 0:
+            raise ValueError("monitor_every and monitor_tolerance must be >= 0")
         for name in ("steps", "states_per_step", "max_new_tokens", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -105,6 +119,16 @@ class DPOConfig:
             raise ValueError("pairs_per_forward and max_grad_norm must be >= 0")
         if self.mode not in ("admissible", "free"):
             raise ValueError(f"mode must be 'admissible' or 'free', got {self.mode!r}")
+
+
+@dataclass
+class DPOValidation:
+    """What the reward-hacking monitor measures: the PRM's mean score of one sampled response per state of
+    ``states`` (held-out states), and ``success(policy)``, the true success rate on validation games (never the
+    evaluation games)."""
+
+    states: Sequence[PromptState]
+    success: Callable[[Policy], float]
 
 
 # ----------------------------------------------------------------------------------------------- sampling, scoring
@@ -196,6 +220,20 @@ def _dpo_update(model, optimizer, accelerator, pairs, prompt_ids, ref_logps, con
 # ----------------------------------------------------------------------------------------------- the loop
 
 
+def validation_prm_score(policy: Policy, prm: ResponseScorer, states: Sequence[PromptState], config: DPOConfig,
+                         prompt_config: PromptConfig, seed: int) -> float:
+    """Mean PRM score of one response per state sampled from ``policy`` (invalid ones count INVALID_SCORE).
+
+    The same ``seed`` at every reading (common random numbers), so readings differ by the policy, not the draw.
+    """
+    prompts = [render_prompt(s, prompt_config, policy.tokenizer) for s in states]
+    one = dataclasses.replace(config, samples_per_state=1)
+    scored = score_samples(prm, states, prompts, sample_responses(policy, states, prompts, one, prompt_config, seed),
+                           prompt_config.template)
+    flat = [r.score for row in scored for r in row]
+    return sum(flat) / len(flat)
+
+
 def _one_step(step, policy, reference, prm, states, config, prompt_config, optimizer, accelerator) -> dict:
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
     batch = [states[i] for i in _draw_states(len(states), config.states_per_step, generator)]
@@ -225,8 +263,11 @@ def _one_step(step, policy, reference, prm, states, config, prompt_config, optim
 
 def online_dpo_loop(config: DPOConfig, policy: Policy, reference: Policy, prm: ResponseScorer,
                     states: Sequence[PromptState], prompt_config: PromptConfig | None,
-                    metrics: MetricsLogger) -> dict:
-    """Train ``policy`` in place against ``prm`` with ``reference`` frozen; returns a summary (no saving)."""
+                    metrics: MetricsLogger, validation: DPOValidation | None = None) -> dict:
+    """Train ``policy`` in place against ``prm`` with ``reference`` frozen; returns a summary (no saving).
+
+    With ``config.monitor_every`` and ``validation``, readings of the reward-hacking monitor are logged and, with
+    ``config.keep_best``, ``policy`` ends with the weights of the best reading (``summary["monitor"]``)."""
     from accelerate import Accelerator
     from tqdm import tqdm
 
@@ -245,6 +286,10 @@ def online_dpo_loop(config: DPOConfig, policy: Policy, reference: Policy, prm: R
     last: dict[str, float] = {}
     totals = {"updates": 0, "pairs": 0, "skipped_ties": 0}
     start = time.perf_counter()
+    watch = _Watch(config, policy, prm, validation, prompt_config, metrics) if validation and config.monitor_every \
+        else None
+    if watch:
+        watch.read(0)
     bar = tqdm(range(1, config.steps + 1), desc="dpo", disable=not config.progress)
     for step in bar:
         values = _one_step(step, policy, reference, prm, states, config, prompt_config, optimizer, accelerator)
@@ -258,14 +303,57 @@ def online_dpo_loop(config: DPOConfig, policy: Policy, reference: Policy, prm: R
             metrics.log(step, **last)
             bar.set_postfix(reward=f"{last['prm_reward']:.3f}", kl=f"{last['kl_to_reference']:.3f}")
             window = {}
+        if watch and (step % config.monitor_every == 0 or step == config.steps):
+            watch.read(step)
     bar.close()
     policy.model = accelerator.unwrap_model(policy.model)
-    return {"steps": config.steps, **totals, "seconds": time.perf_counter() - start, "final": last}
+    summary = {"steps": config.steps, **totals, "seconds": time.perf_counter() - start, "final": last}
+    if watch:
+        summary["monitor"] = watch.finish()
+    return summary
+
+
+class _Watch:
+    """Takes the monitor's readings during the loop and keeps a copy of the best weights."""
+
+    def __init__(self, config: DPOConfig, policy: Policy, prm: ResponseScorer, validation: DPOValidation,
+                 prompt_config: PromptConfig, metrics: MetricsLogger):
+        self.config, self.policy, self.prm, self.validation = config, policy, prm, validation
+        self.prompt_config, self.metrics = prompt_config, metrics
+        self.monitor = RewardHackingMonitor(config.monitor_tolerance)
+        self.best_weights: dict[str, torch.Tensor] | None = None
+        self.seed = config.seed * 1_000_003 + 999_983
+
+    def read(self, step: int) -> None:
+        states = list(self.validation.states)
+        score = validation_prm_score(self.policy, self.prm, states, self.config, self.prompt_config, self.seed) \
+            if states else 0.0
+        success = float(self.validation.success(self.policy))
+        improved, warning = self.monitor.observe(MonitorReading(step, score, success))
+        self.metrics.log(step, val_prm_score=score, val_success=success, reward_hacking=float(warning))
+        if warning:
+            best = self.monitor.best
+            print(f"reward hacking? DPO step {step}: PRM score {score:.3f} > {best.prm_score:.3f} at step "
+                  f"{best.step}, validation success {success:.1%} < {best.success:.1%}", flush=True)
+        if improved and self.config.keep_best:
+            model = self.policy.model
+            model = getattr(model, "module", model)
+            self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+    def finish(self) -> dict:
+        """Load the best weights (``keep_best``) and return the monitor's summary."""
+        summary = self.monitor.summary()
+        best = self.monitor.best
+        if self.config.keep_best and self.best_weights is not None and best.step != self.monitor.readings[-1].step:
+            self.policy.model.load_state_dict(self.best_weights)
+        summary["kept"] = "best" if self.config.keep_best else "last"
+        return summary
 
 
 def train_online_dpo(config: DPOConfig, policy_path: str | Path, prm: ResponseScorer,
                      states: Sequence[PromptState], out_dir: str | Path,
-                     prompt_config: PromptConfig | None = None, metrics: MetricsLogger | None = None) -> dict:
+                     prompt_config: PromptConfig | None = None, metrics: MetricsLogger | None = None,
+                     validation: DPOValidation | None = None) -> dict:
     """pi_i = online DPO from the checkpoint ``policy_path`` (also the frozen reference pi_{i-1}) against ``prm``.
 
     Writes ``out_dir/model`` (``save_pretrained`` model + tokenizer, atomically), ``out_dir/dpo_summary.json``
@@ -281,7 +369,7 @@ def train_online_dpo(config: DPOConfig, policy_path: str | Path, prm: ResponseSc
     if metrics is None:
         metrics = MetricsLogger(out / "metrics.jsonl", "dpo", tensorboard_dir=out / "tensorboard")
     try:
-        summary = online_dpo_loop(config, policy, reference, prm, states, prompt_config, metrics)
+        summary = online_dpo_loop(config, policy, reference, prm, states, prompt_config, metrics, validation)
     finally:
         if own_metrics:
             metrics.close()

@@ -270,6 +270,34 @@ def plot_calibration(bins: Sequence[Mapping[str, Any]], path: str | Path) -> Pat
     return _save(figure, path)
 
 
+def plot_reward_hacking(readings: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path,
+                        selected: Mapping[str, int] | None = None) -> Path:
+    """The reward-hacking monitor: validation PRM score (left) and true validation success (right) against the
+    online-DPO step, one line per policy (``readings``: label -> ``[{"step", "prm_score", "success"}, ...]``);
+    the kept reading of each policy (``selected``: label -> step) is ringed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(10.0, 4.0), dpi=100)
+    FigureCanvasAgg(figure)
+    left, right = figure.subplots(1, 2)
+    for index, (label, series) in enumerate(readings.items()):
+        series = sorted(series, key=lambda r: r["step"])
+        steps = [r["step"] for r in series]
+        left.plot(steps, [r["prm_score"] for r in series], marker="o", color=f"C{index}", label=label)
+        right.plot(steps, [100 * r["success"] for r in series], marker="o", color=f"C{index}", label=label)
+        kept = (selected or {}).get(label)
+        for r in series:
+            if r["step"] == kept:
+                right.scatter([kept], [100 * r["success"]], s=160, facecolors="none", edgecolors=f"C{index}")
+    left.set(xlabel="DPO step", ylabel="mean PRM score (validation states)", title="What the PRM sees")
+    right.set(xlabel="DPO step", ylabel="success (%) on validation games", ylim=(0, 100),
+              title="What is true (ringed: kept)")
+    if readings:
+        _legend(right)
+    return _save(figure, path)
+
+
 def task_type_columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
     """(task type, column name) pairs: all six ALFWorld types (paper's order and short names) as soon as one is
     present, then any other type in name order."""

@@ -85,6 +85,16 @@ class EvalSettings:
 
 
 @dataclass
+class MonitorSettings:
+    split: str = field(default="seen", metadata={"help": "split of the monitor's validation games (never the "
+                                                         "evaluation split); used when dpo.monitor_every > 0"})
+    games: int = field(default=0, metadata={"help": "validation games played at each reading (first N of the "
+                                                    "split; 0 = all)"})
+    states: int = field(default=128, metadata={"help": "held-out states (the PRM's validation games) whose mean "
+                                                       "PRM score is read"})
+
+
+@dataclass
 class RunConfig:
     games: GamesSettings = field(default_factory=GamesSettings, metadata={"help": "games and splits"})
     model: ModelSettings = field(default_factory=ModelSettings, metadata={"help": "the initial model"})
@@ -97,6 +107,8 @@ class RunConfig:
     targets: TargetSettings = field(default_factory=TargetSettings, metadata={"help": "stage 1: MC targets"})
     prm: PRMTrainConfig = field(default_factory=PRMTrainConfig, metadata={"help": "stage 2: PRM training"})
     dpo: DPOConfig = field(default_factory=DPOConfig, metadata={"help": "stage 3: online DPO against the PRM"})
+    monitor: MonitorSettings = field(default_factory=MonitorSettings, metadata={
+        "help": "reward-hacking monitor of online DPO (on when dpo.monitor_every > 0)"})
     eval: EvalSettings = field(default_factory=EvalSettings, metadata={"help": "evaluation protocol"})
     num_envs: int = field(default=16, metadata={"help": "games played at once (batch of the policy)"})
     workers: int = field(default=0, metadata={"help": "environment worker processes (0 = in-process)"})
@@ -112,5 +124,17 @@ class RunConfig:
             raise ValueError("rollouts.games must be >= 0")
         if self.model.source == "path" and not self.model.path:
             raise ValueError("model.path is required when model.source is 'path'")
+        if self.dpo.monitor_every > 0:
+            if self.monitor.split == self.games.eval_split:
+                raise ValueError(f"monitor.split must not be the evaluation split ({self.games.eval_split!r}): "
+                                 "checkpoints are selected on it")
+            if self.monitor.split not in ("train", "seen", "unseen"):
+                raise ValueError(f"monitor.split must be train, seen or unseen, got {self.monitor.split!r}")
+            generated = {"train": self.games.train, "seen": self.games.seen, "unseen": self.games.unseen}
+            if not self.games.root and generated[self.monitor.split] < 1:
+                raise ValueError(f"dpo.monitor_every > 0 needs games for monitor.split={self.monitor.split!r}: "
+                                 f"set games.{self.monitor.split} > 0")
+        if self.monitor.games < 0 or self.monitor.states < 0:
+            raise ValueError("monitor.games and monitor.states must be >= 0")
         if any(n < 1 for n in self.eval.bon_curve) or self.eval.bon_n < 1:
             raise ValueError("Best-of-N sizes must be >= 1")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from agentprm.pipeline.report import plot_calibration, write_report, write_summary
+from agentprm.pipeline.report import plot_calibration, plot_reward_hacking, write_report, write_summary
 from agentprm.pipeline.stages import stage_seconds
 
 STAGE_ORDER = ("games", "demos", "model_init", "policy", "eval", "rollouts", "targets", "prm")
@@ -88,7 +88,28 @@ def _training_notes(run_dir: Path) -> str:
         if dpo:
             shown = {k: v for k, v in dpo.items() if isinstance(v, (int, float))}
             notes.append(f"- pi_{i} online DPO: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(shown.items())))
+        monitor = dpo.get("monitor") if dpo else None
+        if monitor and monitor.get("readings"):
+            readings = ", ".join(f"{r['step']}: {r['prm_score']:.3f}/{r['success']:.0%}" for r in monitor["readings"])
+            notes.append(f"- pi_{i} monitor (step: validation PRM score/success): {readings}; kept the "
+                         f"{monitor.get('kept', 'last')} reading, step {monitor['selected_step']}"
+                         + (f"; reward-hacking warnings at steps {monitor['hacking_warnings']}"
+                            if monitor.get("hacking_warnings") else ""))
     return "\n".join(notes)
+
+
+def _plot_monitor(run_dir: Path, iterations: list[Path]) -> None:
+    """``plots/reward_hacking.png`` from the monitor readings of every iteration's online DPO, if any."""
+    readings, selected = {}, {}
+    for iteration in iterations:
+        monitor = _read(iteration / "policy" / "dpo_summary.json").get("monitor")
+        if monitor and monitor.get("readings"):
+            label = f"pi_{iteration.name.split('_')[1]}"
+            readings[label] = monitor["readings"]
+            if monitor.get("kept") == "best":
+                selected[label] = monitor["selected_step"]
+    if readings:
+        plot_reward_hacking(readings, run_dir / "plots" / "reward_hacking.png", selected)
 
 
 def _read(path: Path) -> dict:
@@ -118,6 +139,7 @@ def write_run_report(run_dir: Path, config, seconds: float | None) -> dict:
         bins = _calibration_bins(_read(iterations[-1] / "prm" / "validation.json"))
         if bins:
             plot_calibration(bins, run_dir / "plots" / "calibration.png")
+    _plot_monitor(run_dir, iterations)
     sections = {
         "Run": (f"`agentprm run` in `{run_dir}`; "
                 + (f"this invocation took {seconds:.0f} s. " if seconds is not None

@@ -150,19 +150,48 @@ def train_policy(ctx: RunContext, out: Path, iteration: int) -> None:
     from agentprm.models.prm import ProcessRewardModel
 
     found = targets_from_parquet(ctx.dir / f"iter_{iteration}" / "targets" / "targets.parquet")
-    # States from the latest rollouts (each distinct state once), training split only.
-    seen, states = set(), []
+    # States from the latest rollouts (each distinct state once): training split for DPO, held-out for the monitor.
+    seen, states = set(), {"train": [], "val": []}
     for target in found:
         state = state_from_target(target)
         key = (target.game_id, state.observation, tuple(map(tuple, state.history)))
-        if target.split == "train" and key not in seen:
+        if key not in seen:
             seen.add(key)
-            states.append(state)
+            states[target.split].append(state)
     prm = ProcessRewardModel.from_pretrained(ctx.prm_path(iteration - 1))
-    config = dataclasses.replace(ctx.config.dpo, seed=_seed(ctx, "dpo", iteration), progress=ctx.config.progress,
+    seed = _seed(ctx, "dpo", iteration)
+    config = dataclasses.replace(ctx.config.dpo, seed=seed, progress=ctx.config.progress,
                                  mode=ctx.config.policy.mode)
+    validation = monitor_validation(ctx, states["val"], seed) if config.monitor_every else None
     with MetricsLogger(out / "metrics.jsonl", "dpo", iteration, tensorboard_dir=out / "tensorboard") as metrics:
-        train_online_dpo(config, ctx.policy_path(iteration - 1), prm, states, out, ctx.config.prompt, metrics)
+        train_online_dpo(config, ctx.policy_path(iteration - 1), prm, states["train"], out, ctx.config.prompt,
+                         metrics, validation)
+
+
+def monitor_validation(ctx: RunContext, val_states: list, seed: int):
+    """The reward-hacking monitor's data: ``monitor.states`` held-out states (a seeded draw) and the success of the
+    policy on the first ``monitor.games`` games of ``monitor.split`` (played like the evaluation: same step budget
+    and temperature, the same agent seed at every reading)."""
+    import random
+
+    from agentprm.agents.policy_agent import PolicyAgent
+    from agentprm.algorithms.dpo_trainer import DPOValidation
+    from agentprm.pipeline.evaluate import evaluate_policy
+
+    c = ctx.config
+    games = ctx.games(c.monitor.split)
+    games = games[: c.monitor.games] if c.monitor.games else games
+    if not games:
+        raise ValueError(f"the reward-hacking monitor found no games in split {c.monitor.split!r}")
+    picked = random.Random(seed).sample(val_states, min(c.monitor.states, len(val_states)))
+
+    def success(policy) -> float:
+        agent = PolicyAgent(policy, prompt=c.prompt, mode=c.policy.mode, temperature=c.eval.temperature,
+                            max_new_tokens=c.policy.max_new_tokens, seed=seed)
+        return evaluate_policy(c.games.env, games, agent, "monitor", max_steps=c.eval.max_steps,
+                               num_envs=c.num_envs, workers=c.workers, seed=seed).success
+
+    return DPOValidation(states=picked, success=success)
 
 
 # -- evaluation ------------------------------------------------------------------------------------------------------
