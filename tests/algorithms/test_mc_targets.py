@@ -151,3 +151,25 @@ def test_histogram_and_argument_checks():
         mc_q_targets([], gamma=0.0)
     with pytest.raises(ValueError, match="val_fraction"):
         mc_q_targets([], gamma=0.9, val_fraction=1.0)
+
+
+def test_replayed_reset_steps_get_no_target_but_stay_in_the_prefix():
+    # Two reset episodes replay (o0, a0) then branch; a third plays a0 itself from the start.
+    def reset(pairs, won):
+        record = episode("g", pairs, won)
+        record.steps[0].extras["reset"] = True
+        return record
+
+    replay_win = reset([("o0", "a0"), ("o1", "a1"), ("o2", "a2")], won=True)  # T = 3
+    replay_loss = reset([("o0", "a0"), ("o1", "b1")], won=False)
+    own = episode("g", [("o0", "a0"), ("o1", "a1")], won=True)  # T = 2
+    targets = mc_q_targets([replay_win, replay_loss, own], gamma=0.5, val_fraction=0.0)
+    table = {(t.step_index, t.action): t for t in targets}
+    # (o0, a0) has a target only from the episode that chose it: one visit, return gamma^1 * 1
+    assert table[(0, "a0")].visits == 1 and table[(0, "a0")].episode_indices == [2]
+    assert table[(0, "a0")].q == 0.5
+    # after the reset point the keys carry the replayed prefix: a1 merges the replay and the own episode
+    assert table[(1, "a1")].visits == 2 and table[(1, "a1")].q == pytest.approx((0.5 + 1.0) / 2)
+    assert table[(1, "b1")].q == 0.0 and table[(2, "a2")].q == 1.0
+    assert table[(1, "a1")].state["history"] == [("o0", "a0")]
+    assert len(targets) == 4

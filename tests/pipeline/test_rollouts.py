@@ -51,3 +51,44 @@ def test_an_interrupted_stage_resumes_without_redoing_or_losing_work(policy, alf
     assert (out / "shard_000.jsonl").stat().st_mtime_ns == first_mtime
     assert {p.name: p.read_text() for p in out.glob("shard_*.jsonl")} == complete
     assert not list(out.glob("*.partial"))
+
+
+def test_reset_prefixes_are_seeded_per_game_and_leave_the_policy_an_action():
+    from agentprm.envs.base import Game
+    from agentprm.pipeline.rollouts import reset_prefixes
+
+    games = [Game("alfworld", f"g{i}", "", "train", "pick_and_place_simple") for i in range(40)]
+    demos = {f"g{i}": [f"a{j}" for j in range(2 + i % 7)] for i in range(39)} | {"g0": ["only"]}
+    prefixes = reset_prefixes(demos, games, seed=3)
+    assert "g0" not in prefixes and "g39" not in prefixes  # a one-action demo; no demo at all
+    for game_id, prefix in prefixes.items():
+        demo = demos[game_id]
+        assert 1 <= len(prefix) <= len(demo) - 1 and prefix == demo[: len(prefix)]
+    assert prefixes == reset_prefixes(demos, list(reversed(games)), seed=3)  # depends on (seed, game) only
+    assert prefixes != reset_prefixes(demos, games, seed=4)
+    assert len({len(p) for p in prefixes.values()}) > 3  # spread over the demonstrations' lengths
+    assert max(len(p) for p in reset_prefixes(demos, games, seed=3, max_prefix=2).values()) == 2
+
+
+def test_reset_shards_replay_the_expert_prefix_then_the_policy_acts(policy, alfworld_root, alfworld_demos, tmp_path):
+    from agentprm.data import read_trajectories
+    from agentprm.pipeline.rollouts import reset_prefixes
+
+    root, _ = alfworld_root
+    games = list_games("alfworld", "train", root=str(root))[:3]
+    demos = {r.game_id: [s.action for s in r.steps] for r in read_trajectories(alfworld_demos)}
+    prefixes = reset_prefixes(demos, games, seed=1, max_prefix=11)
+    out = tmp_path / "rollouts"
+    collect_rollouts("alfworld", games, lambda seed: PolicyAgent(policy, temperature=1.0, seed=seed), out,
+                     episodes_per_game=2, max_steps=12, policy_id="pi_0", seed=10, num_envs=3, progress=False,
+                     prefixes={0: prefixes})
+    records = read_rollouts(out)
+    for record in records:
+        k = len(prefixes[record.game_id]) if record.meta["rollout"] == 0 else 0
+        assert record.meta.get("reset_step", 0) == k
+        if k:
+            assert [s.action for s in record.steps[:k]] == prefixes[record.game_id]  # replayed in the real engine
+        assert all(s.extras.get("reset") is True and s.admissible for s in record.steps[:k])
+        assert all("reset" not in s.extras and s.extras["logprob"] < 0 for s in record.steps[k:])
+        assert record.num_steps > k  # the policy acted after the prefix
+    assert sorted(r.meta["rollout"] for r in records if r.meta.get("reset_step")) == [0, 0, 0]

@@ -24,6 +24,9 @@ Deviations from the reference code (paper.md, "Known defects"), on purpose:
    episode gives exactly 0 at every step;
 3. it split train/validation by key; here by game.
 
+Steps replayed from an expert prefix (reset distribution: ``step.extras["reset"]``) are part of the prefix of the
+later keys but get no target themselves: the policy did not choose them.
+
 A key merges visits with the same ACTIONS: two responses with different reasoning but the same command share the
 key, and the target keeps the first visit's response text (``response``) as the PRM's training input.
 """
@@ -110,6 +113,8 @@ def mc_q_targets(records: Iterable[TrajectoryRecord], gamma: float, val_fraction
         for step_index, step in enumerate(record.steps):
             history = list(prefix)
             prefix.append((step.observation, step.action))
+            if step.extras.get("reset"):
+                continue
             key = prefix_key(record.game_id, prefix)
             remaining = length - 1 - step_index
             if key not in targets:

@@ -7,12 +7,21 @@ lost and nothing is counted twice.
 
 Every step keeps the sampled response text and its log-probability under the policy (``extras["logprob"]``): the
 targets stage keys states by these responses, and nothing is re-tokenised.
+
+Reset distribution (paper Section 4, ``prefixes``): in a reset shard, a game's episode first replays a prefix of an
+expert demonstration in the environment, then the policy takes over. Replayed steps are marked
+``extras["reset"] = True`` (response = the expert action, log-prob 0) and ``meta["reset_step"]`` is the prefix
+length; the targets stage gives no target to replayed steps. :func:`reset_prefixes` draws the prefix length of each
+game once per iteration, so the reset episodes of a game branch from the same state: several actions at one state,
+the contrast a PRM needs to rank actions.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping, Sequence
 
 from tqdm import tqdm
 
@@ -45,13 +54,63 @@ class SampleRecorder:
         return self.samples.pop(game_id, [])
 
 
+@dataclass
+class ResetAgent:
+    """Replays ``prefixes[game id]`` (expert actions) for the first steps of each episode, then lets ``agent`` act.
+
+    ``last_samples`` holds the agent's samples, and for a replayed step a stand-in sample (the expert action, no
+    tokens, log-prob 0) that :func:`rollout_record` marks as replayed.
+    """
+
+    agent: object
+    prefixes: Mapping[str, Sequence[str]]
+    last_samples: dict[int, Sample] = field(default_factory=dict)
+
+    def __call__(self, batch: list[PolicyInput]) -> list[str]:
+        replayed = [item for item in batch if item.step < len(self.prefixes.get(item.game.game_id, ()))]
+        acting = [item for item in batch if item.step >= len(self.prefixes.get(item.game.game_id, ()))]
+        actions: dict[int, str] = {}
+        samples: dict[int, Sample] = {}
+        if acting:
+            for item, action in zip(acting, self.agent(acting)):
+                actions[item.slot], samples[item.slot] = action, self.agent.last_samples[item.slot]
+        for item in replayed:
+            action = self.prefixes[item.game.game_id][item.step]
+            actions[item.slot] = action
+            samples[item.slot] = Sample(text=action, token_ids=[], logprob=0.0, finished=True)
+        self.last_samples = samples
+        return [actions[item.slot] for item in batch]
+
+
+def reset_prefixes(demos: Mapping[str, Sequence[str]], games: Sequence[Game], seed: int,
+                   max_prefix: int | None = None) -> dict[str, list[str]]:
+    """Game id -> the expert prefix a reset episode replays: the first k actions of the game's demonstration with
+    k uniform in [1, min(len(demo) - 1, max_prefix)] (so the policy acts at least once, within the step budget
+    when ``max_prefix`` = max_steps - 1), drawn from (seed, game id) alone. Games without a demonstration of two
+    or more actions are left out (their episodes start from the beginning)."""
+    if max_prefix is not None and max_prefix < 1:
+        raise ValueError(f"max_prefix must be >= 1, got {max_prefix}")
+    prefixes = {}
+    for game in games:
+        demo = list(demos.get(game.game_id, ()))
+        if len(demo) >= 2:
+            digest = hashlib.sha256(f"{seed}:{game.game_id}".encode()).digest()
+            longest = min(len(demo) - 1, max_prefix or len(demo))
+            k = 1 + int.from_bytes(digest[:8], "big") % longest
+            prefixes[game.game_id] = demo[:k]
+    return prefixes
+
+
 def rollout_record(result: EpisodeResult, samples: list[Sample], env_name: str, policy_id: str, seed: int,
-                   meta: dict) -> TrajectoryRecord:
-    return episode_record(
-        result, env_name, policy_id, seed, meta,
-        responses=[s.text for s in samples],
-        extras=[{"logprob": float(s.logprob), "finished": bool(s.finished)} for s in samples],
-    )
+                   meta: dict, reset_step: int = 0) -> TrajectoryRecord:
+    """The record of one rollout; the first ``reset_step`` steps were replayed from an expert prefix."""
+    extras = [{"logprob": float(s.logprob), "finished": bool(s.finished)} for s in samples]
+    for extra in extras[:reset_step]:
+        extra["reset"] = True
+    if reset_step:
+        meta = {**meta, "reset_step": reset_step}
+    return episode_record(result, env_name, policy_id, seed, meta, responses=[s.text for s in samples],
+                          extras=extras)
 
 
 def collect_rollouts(
@@ -66,10 +125,12 @@ def collect_rollouts(
     num_envs: int = 16,
     workers: int = 0,
     progress: bool = True,
+    prefixes: Mapping[int, Mapping[str, Sequence[str]]] | None = None,
 ) -> list[Path]:
     """Write ``episodes_per_game`` shards of rollouts under ``out_dir``; return the shard paths.
 
     ``make_agent(seed)`` builds a fresh runner policy with ``last_samples`` (e.g. a ``PolicyAgent``).
+    ``prefixes``: shard index -> game id -> expert actions replayed before the policy acts (reset distribution).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -84,13 +145,16 @@ def collect_rollouts(
                 continue
             partial = shard.with_name(shard.name + ".partial")
             partial.unlink(missing_ok=True)  # an interrupted shard is replayed whole: its seed fixes its content
-            recorder = SampleRecorder(make_agent(seed + k))
+            resets = (prefixes or {}).get(k, {})
+            agent = make_agent(seed + k)
+            recorder = SampleRecorder(ResetAgent(agent, resets) if resets else agent)
             with TrajectoryWriter(partial) as writer:
 
                 def on_episode(result: EpisodeResult) -> None:
                     meta = {"rollout": k, "source": result.game.source}
+                    reset_step = len(resets.get(result.game.game_id, ()))
                     writer.write(rollout_record(result, recorder.pop(result.game.game_id), env_name, policy_id,
-                                                seed + k, meta))
+                                                seed + k, meta, reset_step))
                     bar.update(1)
 
                 run_episodes(pool, games, recorder, max_steps, on_episode=on_episode)

@@ -66,6 +66,9 @@ class RolloutSettings:
     max_steps: int = field(default=30, metadata={"help": "actions per episode"})
     games: int = field(default=0, metadata={"help": "training games played per iteration (0 = all); iteration i "
                                                     "takes the i-th window of this many, wrapping around"})
+    reset_fraction: float = field(default=0.0, metadata={
+        "help": "reset distribution: fraction of the episodes per game that first replay a random prefix of the "
+                "game's expert demonstration (the same prefix for a game's reset episodes; 0 = off)"})
 
 
 @dataclass
@@ -122,6 +125,8 @@ class RunConfig:
             raise ValueError("num_envs must be >= 1 and workers >= 0")
         if self.rollouts.games < 0:
             raise ValueError("rollouts.games must be >= 0")
+        if not 0.0 <= self.rollouts.reset_fraction <= 1.0:
+            raise ValueError(f"rollouts.reset_fraction must be in [0, 1], got {self.rollouts.reset_fraction}")
         if self.model.source == "path" and not self.model.path:
             raise ValueError("model.path is required when model.source is 'path'")
         if self.dpo.monitor_every > 0:

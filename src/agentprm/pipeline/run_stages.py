@@ -99,9 +99,27 @@ def rollouts(ctx: RunContext, out: Path, iteration: int) -> None:
                            max_new_tokens=c.policy.max_new_tokens, seed=seed)
 
     games = rollout_games(ctx.games("train"), c.rollouts.games, iteration)
+    seed = _seed(ctx, "rollouts", iteration)
     collect_rollouts(c.games.env, games, make_agent, out, c.rollouts.episodes_per_game,
-                     c.rollouts.max_steps, policy_id=f"pi_{iteration - 1}", seed=_seed(ctx, "rollouts", iteration),
-                     num_envs=c.num_envs, workers=c.workers, progress=c.progress)
+                     c.rollouts.max_steps, policy_id=f"pi_{iteration - 1}", seed=seed,
+                     num_envs=c.num_envs, workers=c.workers, progress=c.progress,
+                     prefixes=reset_shards(ctx, games, seed))
+
+
+def reset_shards(ctx: RunContext, games: list, seed: int) -> dict[int, dict[str, list[str]]]:
+    """Reset distribution: the first round(reset_fraction * episodes_per_game) shards replay an expert prefix
+    (``pipeline.rollouts.reset_prefixes``, one prefix per game and iteration) from RUN/demos."""
+    from agentprm.data import read_trajectories
+    from agentprm.pipeline.rollouts import reset_prefixes
+
+    c = ctx.config.rollouts
+    count = round(c.reset_fraction * c.episodes_per_game)
+    if count == 0:
+        return {}
+    demos = {r.game_id: [s.action for s in r.steps] for r in read_trajectories(ctx.dir / "demos" / "demos.jsonl")
+             if r.won}
+    prefixes = reset_prefixes(demos, games, seed, max_prefix=c.max_steps - 1)  # replayed steps count in max_steps
+    return {k: prefixes for k in range(count)}
 
 
 def rollout_games(games: list, count: int, iteration: int) -> list:
