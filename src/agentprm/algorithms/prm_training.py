@@ -254,11 +254,18 @@ class _LogitModule(torch.nn.Module):
 def encode_targets(targets: Sequence[QTarget], tokenizer: Any, prompt_config: PromptConfig,
                    max_length: int) -> list[list[int]]:
     """Token ids of render_prompt(state) + response + EOS per target; over-long prompts lose their left part."""
-    prompts = [render_prompt(state_from_target(t), prompt_config, tokenizer) for t in targets]
+    return encode_sequences([state_from_target(t) for t in targets], [t.response for t in targets], tokenizer,
+                            prompt_config, max_length)
+
+
+def encode_sequences(states: Sequence[Any], responses: Sequence[str], tokenizer: Any, prompt_config: PromptConfig,
+                     max_length: int) -> list[list[int]]:
+    """Token ids of render_prompt(state) + response + EOS per (state, response); over-long prompts lose their left
+    part (the BOS the tokenizer adds is kept)."""
+    prompts = [render_prompt(state, prompt_config, tokenizer) for state in states]
     keep_bos = tokenizer_adds_bos(tokenizer)
     sequences = []
-    for prompt, response in zip(encode_prompts(tokenizer, prompts),
-                                encode_responses(tokenizer, [t.response for t in targets])):
+    for prompt, response in zip(encode_prompts(tokenizer, prompts), encode_responses(tokenizer, list(responses))):
         room = max_length - len(response)
         if room < 2:
             raise PRMTrainError(f"max_length {max_length} leaves no room for a prompt (response: {len(response)})")

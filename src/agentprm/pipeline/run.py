@@ -8,6 +8,9 @@ Iteration i (1..K), as Algorithm 1 of the paper, with the paper's naming (Q_{i-1
     iter_i/policy     pi_i: online DPO against Q_{i-1} with reference pi_{i-1}
     iter_i/eval       BoN(pi_{i-1}, Q_{i-1}), pi_i, BoN(pi_i, Q_{i-1}) on the fixed evaluation games
 
+With ``algorithm: inverse_prm`` the targets stage builds InversePRM's expert-vs-learner transitions instead
+(``run_stages.inverse_targets``, no outcome reward read) and the PRM stage fits Eq. 9 on them.
+
 which yields the rows of the paper's table: pi_0, BoN(pi_0, Q_0), pi_1, BoN(pi_1, Q_0), BoN(pi_1, Q_1), pi_2, ...
 After the last iteration, ``final_eval`` measures the Best-of-N curve of the final policy with the last PRM.
 Every stage is resumable (``stages.run_stage``); ``summary.json``, ``report.md`` and plots are rebuilt at the end.
@@ -120,12 +123,15 @@ def stage_plan(ctx: RunContext) -> list[PlannedStage]:
              PlannedStage("model_init", lambda out: s.init_model(ctx, out)),
              PlannedStage("iter_0/policy", lambda out: s.sft(ctx, out)),
              PlannedStage("iter_0/eval", lambda out: s.evaluate_rows(ctx, out, [("policy", 0, None)]), "eval", 0)]
+    inverse = config.algorithm == "inverse_prm"
+    targets = s.inverse_targets if inverse else s.targets
+    train_prm = s.train_inverse_prm if inverse else s.train_prm
     for i in range(1, config.iterations + 1):
         rows = [("bon", i - 1, i - 1), ("policy", i, None), ("bon", i, i - 1)]
         plan += [
             PlannedStage(f"iter_{i}/rollouts", lambda out, i=i: s.rollouts(ctx, out, i), "rollout", i),
-            PlannedStage(f"iter_{i}/targets", lambda out, i=i: s.targets(ctx, out, i), "targets", i),
-            PlannedStage(f"iter_{i}/prm", lambda out, i=i: s.train_prm(ctx, out, i), "train-prm", i),
+            PlannedStage(f"iter_{i}/targets", lambda out, i=i: targets(ctx, out, i), "targets", i),
+            PlannedStage(f"iter_{i}/prm", lambda out, i=i: train_prm(ctx, out, i), "train-prm", i),
             PlannedStage(f"iter_{i}/policy", lambda out, i=i: s.train_policy(ctx, out, i), "train-policy", i),
             PlannedStage(f"iter_{i}/eval", lambda out, rows=rows: s.evaluate_rows(ctx, out, rows), "eval", i),
         ]

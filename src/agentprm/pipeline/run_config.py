@@ -78,6 +78,15 @@ class TargetSettings:
 
 
 @dataclass
+class InverseSettings:
+    transitions_per_class: int = field(default=0, metadata={
+        "help": "InversePRM: train on at most this many expert and this many learner transitions (a seeded draw "
+                "per iteration; 0 = all)"})
+    next_action_temperature: float = field(default=1.0, metadata={
+        "help": "InversePRM: temperature of a' ~ pi_{i-1}(. | s')"})
+
+
+@dataclass
 class EvalSettings:
     max_steps: int = field(default=30, metadata={"help": "actions per evaluation episode (paper: 30)"})
     temperature: float = field(default=0.3, metadata={"help": "policy temperature at evaluation (paper: 0.3)"})
@@ -105,9 +114,13 @@ class RunConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig, metadata={"help": "prompt for every stage"})
     policy: PolicySettings = field(default_factory=PolicySettings, metadata={"help": "how the policy acts"})
     sft: SFTConfig = field(default_factory=SFTConfig, metadata={"help": "pi_0 = SFT on the demonstrations"})
+    algorithm: Literal["agentprm", "inverse_prm"] = field(default="agentprm", metadata={
+        "help": "agentprm: PRM from Monte Carlo targets of the rollouts' outcomes; inverse_prm: PRM from expert "
+                "vs learner transitions (Eq. 9), no outcome reward"})
     iterations: int = field(default=1, metadata={"help": "AgentPRM iterations K (paper: 3)"})
     rollouts: RolloutSettings = field(default_factory=RolloutSettings, metadata={"help": "stage 1: rollouts"})
     targets: TargetSettings = field(default_factory=TargetSettings, metadata={"help": "stage 1: MC targets"})
+    inverse: InverseSettings = field(default_factory=InverseSettings, metadata={"help": "InversePRM data"})
     prm: PRMTrainConfig = field(default_factory=PRMTrainConfig, metadata={"help": "stage 2: PRM training"})
     dpo: DPOConfig = field(default_factory=DPOConfig, metadata={"help": "stage 3: online DPO against the PRM"})
     monitor: MonitorSettings = field(default_factory=MonitorSettings, metadata={
@@ -125,6 +138,11 @@ class RunConfig:
             raise ValueError("num_envs must be >= 1 and workers >= 0")
         if self.rollouts.games < 0:
             raise ValueError("rollouts.games must be >= 0")
+        if self.inverse.transitions_per_class < 0 or self.inverse.next_action_temperature <= 0:
+            raise ValueError("inverse.transitions_per_class must be >= 0 and inverse.next_action_temperature > 0")
+        if self.algorithm == "inverse_prm" and self.rollouts.reset_fraction:
+            raise ValueError("rollouts.reset_fraction is an AgentPRM option (its targets skip the replayed steps); "
+                             "InversePRM already learns from the expert's states: set it to 0")
         if not 0.0 <= self.rollouts.reset_fraction <= 1.0:
             raise ValueError(f"rollouts.reset_fraction must be in [0, 1], got {self.rollouts.reset_fraction}")
         if self.model.source == "path" and not self.model.path:

@@ -161,21 +161,89 @@ def train_prm(ctx: RunContext, out: Path, iteration: int) -> None:
     fit_prm(config, found, str(ctx.policy_path(iteration - 1)), out, ctx.config.prompt, iteration=iteration)
 
 
+def _policy_states(ctx: RunContext, iteration: int) -> dict[str, list]:
+    """States of the latest rollouts, each distinct state once: "train" for DPO, "val" (held-out games) for the
+    monitor. AgentPRM reads them from the targets, InversePRM from its learner transitions of this iteration."""
+    from agentprm.algorithms.inverse_prm_training import transitions_from_jsonl
+    from agentprm.algorithms.mc_targets import state_from_target, targets_from_parquet
+
+    folder = ctx.dir / f"iter_{iteration}" / "targets"
+    if ctx.config.algorithm == "inverse_prm":
+        found = [(t.game_id, t.split, t.state) for t in transitions_from_jsonl(folder / "policy_states.jsonl")]
+    else:
+        found = [(t.game_id, t.split, state_from_target(t)) for t in targets_from_parquet(folder / "targets.parquet")]
+    seen, states = set(), {"train": [], "val": []}
+    for game_id, split, state in found:
+        key = (game_id, state.observation, tuple(map(tuple, state.history)))
+        if key not in seen:
+            seen.add(key)
+            states[split].append(state)
+    return states
+
+
+def inverse_targets(ctx: RunContext, out: Path, iteration: int) -> None:
+    """InversePRM data of iteration i (Eq. 9): expert transitions from the demonstrations (label 1), learner
+    transitions from the rollouts of pi_0 .. pi_{i-1} (label 0, aggregated), at most
+    ``inverse.transitions_per_class`` of each (seeded), and a' ~ pi_{i-1}(. | s') for every one of them. Episodes
+    are read through ``outcome_free``: no outcome reward on this path."""
+    import random
+
+    from agentprm.algorithms.inverse_prm import episode_transitions, outcome_free, sample_next_responses
+    from agentprm.algorithms.inverse_prm_training import transitions_to_jsonl
+    from agentprm.data import read_trajectories
+    from agentprm.metrics import MetricsLogger
+    from agentprm.models.policy import Policy
+    from agentprm.pipeline.rollouts import read_rollouts
+
+    c = ctx.config
+    val = c.targets.val_fraction
+    expert = [t for r in read_trajectories(ctx.dir / "demos" / "demos.jsonl")
+              for t in episode_transitions(outcome_free(r), 1, val)]
+    learner, latest = [], []
+    for j in range(1, iteration + 1):
+        for record in read_rollouts(ctx.dir / f"iter_{j}" / "rollouts"):
+            found = episode_transitions(outcome_free(record), 0, val, iteration=j)
+            learner += found
+            latest += found if j == iteration else []
+    transitions_to_jsonl(latest, out / "policy_states.jsonl")  # the DPO stage's states (a' unused there)
+    rng = random.Random(_seed(ctx, "prm", iteration))
+    cap = c.inverse.transitions_per_class
+    kept = []
+    for group in (expert, learner):
+        train = [t for t in group if t.split == "train"]
+        held = [t for t in group if t.split == "val"]
+        if cap:
+            train = rng.sample(train, min(cap, len(train)))
+            held = rng.sample(held, min(max(1, round(cap * val)), len(held)))
+        kept += train + held
+    policy = Policy.from_pretrained(ctx.policy_path(iteration - 1))
+    sample_next_responses(policy, kept, c.prompt, c.policy.mode, c.inverse.next_action_temperature,
+                          seed=_seed(ctx, "prm", iteration), max_new_tokens=c.policy.max_new_tokens)
+    transitions_to_jsonl(kept, out / "transitions.jsonl")
+    counts = {"expert_available": len(expert), "learner_available": len(learner),
+              "expert": sum(t.label for t in kept), "learner": sum(1 - t.label for t in kept),
+              "train": sum(t.split == "train" for t in kept), "val": sum(t.split == "val" for t in kept),
+              "learner_iterations": iteration}
+    (out / "transitions.json").write_text(json.dumps(counts, indent=2) + "\n")
+    with MetricsLogger(out / "metrics.jsonl", "targets", iteration) as metrics:
+        metrics.log(0, **{k: float(v) for k, v in counts.items()})
+
+
+def train_inverse_prm(ctx: RunContext, out: Path, iteration: int) -> None:
+    from agentprm.algorithms.inverse_prm_training import train_inverse_prm as fit, transitions_from_jsonl
+
+    transitions = transitions_from_jsonl(ctx.dir / f"iter_{iteration}" / "targets" / "transitions.jsonl")
+    config = dataclasses.replace(ctx.config.prm, seed=_seed(ctx, "prm", iteration), progress=ctx.config.progress)
+    fit(config, transitions, ctx.config.targets.gamma, str(ctx.policy_path(iteration - 1)), out, ctx.config.prompt,
+        iteration=iteration)
+
+
 def train_policy(ctx: RunContext, out: Path, iteration: int) -> None:
     from agentprm.algorithms.dpo_trainer import train_online_dpo
-    from agentprm.algorithms.mc_targets import state_from_target, targets_from_parquet
     from agentprm.metrics import MetricsLogger
     from agentprm.models.prm import ProcessRewardModel
 
-    found = targets_from_parquet(ctx.dir / f"iter_{iteration}" / "targets" / "targets.parquet")
-    # States from the latest rollouts (each distinct state once): training split for DPO, held-out for the monitor.
-    seen, states = set(), {"train": [], "val": []}
-    for target in found:
-        state = state_from_target(target)
-        key = (target.game_id, state.observation, tuple(map(tuple, state.history)))
-        if key not in seen:
-            seen.add(key)
-            states[target.split].append(state)
+    states = _policy_states(ctx, iteration)
     prm = ProcessRewardModel.from_pretrained(ctx.prm_path(iteration - 1))
     seed = _seed(ctx, "dpo", iteration)
     config = dataclasses.replace(ctx.config.dpo, seed=seed, progress=ctx.config.progress,
