@@ -87,6 +87,15 @@ class InverseSettings:
 
 
 @dataclass
+class RFTSettings:
+    max_steps: int = field(default=300, metadata={"help": "rejection-sampling fine-tuning: SFT steps on the won "
+                                                          "rollouts, starting from pi_{i-1}"})
+    lr: float = field(default=3e-4, metadata={"help": "RFT peak learning rate"})
+    batch_size: int = field(default=16, metadata={"help": "RFT examples per step"})
+    warmup_steps: int = field(default=10, metadata={"help": "RFT warm-up steps"})
+
+
+@dataclass
 class EvalSettings:
     max_steps: int = field(default=30, metadata={"help": "actions per evaluation episode (paper: 30)"})
     temperature: float = field(default=0.3, metadata={"help": "policy temperature at evaluation (paper: 0.3)"})
@@ -114,13 +123,15 @@ class RunConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig, metadata={"help": "prompt for every stage"})
     policy: PolicySettings = field(default_factory=PolicySettings, metadata={"help": "how the policy acts"})
     sft: SFTConfig = field(default_factory=SFTConfig, metadata={"help": "pi_0 = SFT on the demonstrations"})
-    algorithm: Literal["agentprm", "inverse_prm"] = field(default="agentprm", metadata={
+    algorithm: Literal["agentprm", "inverse_prm", "rft"] = field(default="agentprm", metadata={
         "help": "agentprm: PRM from Monte Carlo targets of the rollouts' outcomes; inverse_prm: PRM from expert "
-                "vs learner transitions (Eq. 9), no outcome reward"})
+                "vs learner transitions (Eq. 9), no outcome reward; rft: outcome-only baseline, pi_i = SFT of "
+                "pi_{i-1} on its won rollouts (no PRM)"})
     iterations: int = field(default=1, metadata={"help": "AgentPRM iterations K (paper: 3)"})
     rollouts: RolloutSettings = field(default_factory=RolloutSettings, metadata={"help": "stage 1: rollouts"})
     targets: TargetSettings = field(default_factory=TargetSettings, metadata={"help": "stage 1: MC targets"})
     inverse: InverseSettings = field(default_factory=InverseSettings, metadata={"help": "InversePRM data"})
+    rft: RFTSettings = field(default_factory=RFTSettings, metadata={"help": "rejection-sampling fine-tuning"})
     prm: PRMTrainConfig = field(default_factory=PRMTrainConfig, metadata={"help": "stage 2: PRM training"})
     dpo: DPOConfig = field(default_factory=DPOConfig, metadata={"help": "stage 3: online DPO against the PRM"})
     monitor: MonitorSettings = field(default_factory=MonitorSettings, metadata={
@@ -138,6 +149,8 @@ class RunConfig:
             raise ValueError("num_envs must be >= 1 and workers >= 0")
         if self.rollouts.games < 0:
             raise ValueError("rollouts.games must be >= 0")
+        if self.rft.max_steps < 1 or self.rft.lr <= 0 or self.rft.batch_size < 1 or self.rft.warmup_steps < 0:
+            raise ValueError("rft.max_steps and rft.batch_size must be >= 1, rft.lr > 0, rft.warmup_steps >= 0")
         if self.inverse.transitions_per_class < 0 or self.inverse.next_action_temperature <= 0:
             raise ValueError("inverse.transitions_per_class must be >= 0 and inverse.next_action_temperature > 0")
         if self.algorithm == "inverse_prm" and self.rollouts.reset_fraction:

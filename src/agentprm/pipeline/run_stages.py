@@ -280,6 +280,32 @@ def monitor_validation(ctx: RunContext, val_states: list, seed: int):
     return DPOValidation(states=picked, success=success)
 
 
+def rft_policy(ctx: RunContext, out: Path, iteration: int) -> None:
+    """Outcome-only baseline: pi_i = SFT of pi_{i-1} on the won episodes of its own rollouts (rejection sampling
+    fine-tuning), with the ``rft`` step budget; the rollouts are the same stage as AgentPRM's, so both use the
+    same environment steps."""
+    from agentprm.algorithms.sft import train_sft
+
+    from agentprm.pipeline.rollouts import read_rollouts
+
+    folder = ctx.dir / f"iter_{iteration}" / "rollouts"
+    won = sum(r.won for r in read_rollouts(folder))
+    (out / "rft.json").write_text(json.dumps({"won_rollouts": won}) + "\n")
+    if won == 0:  # nothing to imitate: pi_i = pi_{i-1}
+        ctx.log(f"  rft: no won rollout in iteration {iteration}; pi_{iteration} = pi_{iteration - 1}")
+        shutil.copytree(ctx.policy_path(iteration - 1), out / "model")
+        return
+    r = ctx.config.rft
+    config = dataclasses.replace(
+        ctx.config.sft, data=",".join(str(p) for p in sorted(folder.glob("shard_*.jsonl"))),
+        model=str(ctx.policy_path(iteration - 1)), out=str(out), prompt=ctx.config.prompt, only_successful=True,
+        max_steps=r.max_steps, lr=r.lr, batch_size=r.batch_size, warmup_steps=r.warmup_steps,
+        save_every=max(r.max_steps // 4, 1), eval_every=max(r.max_steps // 4, 1), seed=_seed(ctx, "sft", iteration),
+        progress=ctx.config.progress)
+    train_sft(config)
+    shutil.rmtree(out / "checkpoint", ignore_errors=True)
+
+
 # -- evaluation ------------------------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,51 @@
+"""Outcome-only baseline: rejection-sampling fine-tuning (pi_i = SFT of pi_{i-1} on its won rollouts)."""
+
+import json
+import shutil
+
+import pytest
+import torch
+import yaml
+
+from agentprm.pipeline.report import read_summary
+from test_run import run_cli, tiny_config  # tests/pipeline is on sys.path (no __init__.py)
+
+
+@pytest.fixture(scope="module")
+def rft_run(alfworld_root, tmp_path_factory):
+    root, _ = alfworld_root
+    config = tiny_config(root) | {"algorithm": "rft", "rft": {"max_steps": 6, "batch_size": 4}}
+    path = tmp_path_factory.mktemp("rft_config") / "rft.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path_factory.mktemp("runs") / "rft"
+    process = run_cli(path, out)
+    output, _ = process.communicate(timeout=1800)
+    assert process.returncode == 0, output
+    return out
+
+
+def test_an_rft_run_has_policy_rows_only(rft_run):
+    rows = read_summary(rft_run / "summary.json")["rows"]
+    assert [(r["agent"], r["kind"]) for r in rows] == [("pi_0", "policy"), ("pi_1", "policy")]
+    assert not (rft_run / "iter_1/prm").exists() and not (rft_run / "final_eval").exists()
+    won = json.loads((rft_run / "iter_1/policy/rft.json").read_text())["won_rollouts"]
+    episodes = sum(1 for shard in (rft_run / "iter_1/rollouts").glob("shard_*.jsonl")
+                   for _ in shard.read_text().splitlines())
+    assert 0 <= won <= episodes and (rft_run / "iter_1/policy/model/config.json").is_file()
+
+
+def test_rft_trains_on_the_won_episodes(rft_run, alfworld_demos, tmp_path):
+    from agentprm.models.policy import Policy
+    from agentprm.pipeline.run import run_one_stage
+
+    run = tmp_path / "run"
+    shutil.copytree(rft_run, run)
+    for shard in (run / "iter_1/rollouts").glob("shard_*.jsonl"):
+        shard.unlink()
+    shutil.copy(alfworld_demos, run / "iter_1/rollouts/shard_000.jsonl")  # expert episodes: all won
+    run_one_stage(run, "train-policy", 1, redo=True, log=lambda *_: None)
+    assert json.loads((run / "iter_1/policy/rft.json").read_text())["won_rollouts"] == 12
+    before = Policy.from_pretrained(run / "iter_0/policy/model").model.state_dict()
+    after = Policy.from_pretrained(run / "iter_1/policy/model").model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # six SFT steps moved the weights
+    assert (run / "iter_1/policy/metrics.jsonl").is_file()
