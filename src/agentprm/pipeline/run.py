@@ -10,7 +10,8 @@ Iteration i (1..K), as Algorithm 1 of the paper, with the paper's naming (Q_{i-1
 
 With ``algorithm: inverse_prm`` the targets stage builds InversePRM's expert-vs-learner transitions instead
 (``run_stages.inverse_targets``, no outcome reward read) and the PRM stage fits Eq. 9 on them. With
-``algorithm: rft`` (outcome-only baseline) an iteration is rollouts, SFT of pi_{i-1} on the won ones, evaluation.
+``algorithm: rft`` or ``trajectory_dpo`` (outcome-only baselines) an iteration is rollouts, a policy step on the
+episodes' outcomes (SFT on the won ones / DPO on won vs failed trajectories), evaluation.
 
 which yields the rows of the paper's table: pi_0, BoN(pi_0, Q_0), pi_1, BoN(pi_1, Q_0), BoN(pi_1, Q_1), pi_2, ...
 After the last iteration, ``final_eval`` measures the Best-of-N curve of the final policy with the last PRM.
@@ -101,6 +102,9 @@ def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
     return changes
 
 
+OUTCOME_ONLY = ("rft", "trajectory_dpo")  # baselines without a PRM: no targets, PRM or Best-of-N stages
+
+
 @dataclass
 class PlannedStage:
     """One stage of a run: its folder (relative name such as ``iter_1/prm``), how to build it, and the
@@ -128,10 +132,11 @@ def stage_plan(ctx: RunContext) -> list[PlannedStage]:
     targets = s.inverse_targets if inverse else s.targets
     train_prm = s.train_inverse_prm if inverse else s.train_prm
     for i in range(1, config.iterations + 1):
-        if config.algorithm == "rft":  # no PRM: rollouts, then SFT on the won ones
+        if config.algorithm in OUTCOME_ONLY:  # no PRM: rollouts, then a policy step on the outcomes
+            policy_step = s.rft_policy if config.algorithm == "rft" else s.trajectory_dpo_policy
             plan += [
                 PlannedStage(f"iter_{i}/rollouts", lambda out, i=i: s.rollouts(ctx, out, i), "rollout", i),
-                PlannedStage(f"iter_{i}/policy", lambda out, i=i: s.rft_policy(ctx, out, i), "train-policy", i),
+                PlannedStage(f"iter_{i}/policy", lambda out, i=i, f=policy_step: f(ctx, out, i), "train-policy", i),
                 PlannedStage(f"iter_{i}/eval", lambda out, i=i: s.evaluate_rows(ctx, out, [("policy", i, None)]),
                              "eval", i),
             ]
@@ -144,7 +149,7 @@ def stage_plan(ctx: RunContext) -> list[PlannedStage]:
             PlannedStage(f"iter_{i}/policy", lambda out, i=i: s.train_policy(ctx, out, i), "train-policy", i),
             PlannedStage(f"iter_{i}/eval", lambda out, rows=rows: s.evaluate_rows(ctx, out, rows), "eval", i),
         ]
-    if config.iterations >= 1 and config.algorithm != "rft":
+    if config.iterations >= 1 and config.algorithm not in OUTCOME_ONLY:
         plan.append(PlannedStage("final_eval", lambda out: s.bon_curve(ctx, out), "eval", None))
     return plan
 

@@ -13,6 +13,7 @@ from typing import Literal
 from agentprm.algorithms.dpo_trainer import DPOConfig
 from agentprm.algorithms.prm_training import PRMTrainConfig
 from agentprm.algorithms.sft import SFTConfig
+from agentprm.algorithms.trajectory_dpo import TrajectoryDPOConfig
 from agentprm.models.prompts import PromptConfig
 
 
@@ -123,15 +124,18 @@ class RunConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig, metadata={"help": "prompt for every stage"})
     policy: PolicySettings = field(default_factory=PolicySettings, metadata={"help": "how the policy acts"})
     sft: SFTConfig = field(default_factory=SFTConfig, metadata={"help": "pi_0 = SFT on the demonstrations"})
-    algorithm: Literal["agentprm", "inverse_prm", "rft"] = field(default="agentprm", metadata={
+    algorithm: Literal["agentprm", "inverse_prm", "rft", "trajectory_dpo"] = field(default="agentprm", metadata={
         "help": "agentprm: PRM from Monte Carlo targets of the rollouts' outcomes; inverse_prm: PRM from expert "
-                "vs learner transitions (Eq. 9), no outcome reward; rft: outcome-only baseline, pi_i = SFT of "
-                "pi_{i-1} on its won rollouts (no PRM)"})
+                "vs learner transitions (Eq. 9), no outcome reward; outcome-only baselines without a PRM: rft "
+                "(pi_i = SFT of pi_{i-1} on its won rollouts), trajectory_dpo (DPO on won vs failed episodes of "
+                "the same game)"})
     iterations: int = field(default=1, metadata={"help": "AgentPRM iterations K (paper: 3)"})
     rollouts: RolloutSettings = field(default_factory=RolloutSettings, metadata={"help": "stage 1: rollouts"})
     targets: TargetSettings = field(default_factory=TargetSettings, metadata={"help": "stage 1: MC targets"})
     inverse: InverseSettings = field(default_factory=InverseSettings, metadata={"help": "InversePRM data"})
     rft: RFTSettings = field(default_factory=RFTSettings, metadata={"help": "rejection-sampling fine-tuning"})
+    trajectory_dpo: TrajectoryDPOConfig = field(default_factory=TrajectoryDPOConfig, metadata={
+        "help": "trajectory-level preference optimisation (algorithm: trajectory_dpo)"})
     prm: PRMTrainConfig = field(default_factory=PRMTrainConfig, metadata={"help": "stage 2: PRM training"})
     dpo: DPOConfig = field(default_factory=DPOConfig, metadata={"help": "stage 3: online DPO against the PRM"})
     monitor: MonitorSettings = field(default_factory=MonitorSettings, metadata={

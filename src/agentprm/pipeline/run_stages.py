@@ -306,6 +306,23 @@ def rft_policy(ctx: RunContext, out: Path, iteration: int) -> None:
     shutil.rmtree(out / "checkpoint", ignore_errors=True)
 
 
+def trajectory_dpo_policy(ctx: RunContext, out: Path, iteration: int) -> None:
+    """Outcome-only baseline: pi_i = trajectory-level DPO of pi_{i-1} on (won, failed) episode pairs of the same
+    game from its rollouts (``algorithms.trajectory_dpo``)."""
+    from agentprm.algorithms.trajectory_dpo import train_trajectory_dpo
+    from agentprm.metrics import MetricsLogger
+    from agentprm.pipeline.rollouts import read_rollouts
+
+    records = read_rollouts(ctx.dir / f"iter_{iteration}" / "rollouts")
+    config = dataclasses.replace(ctx.config.trajectory_dpo, seed=_seed(ctx, "dpo", iteration),
+                                 progress=ctx.config.progress)
+    with MetricsLogger(out / "metrics.jsonl", "trajectory_dpo", iteration) as metrics:
+        summary = train_trajectory_dpo(config, ctx.policy_path(iteration - 1), records, out, ctx.config.prompt,
+                                       metrics)
+    summary["model"] = "model"
+    (out / "dpo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
 # -- evaluation ------------------------------------------------------------------------------------------------------
 
 

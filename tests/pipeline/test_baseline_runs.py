@@ -1,4 +1,5 @@
-"""Outcome-only baseline: rejection-sampling fine-tuning (pi_i = SFT of pi_{i-1} on its won rollouts)."""
+"""Outcome-only baselines through `agentprm run`: rejection-sampling fine-tuning (pi_i = SFT of pi_{i-1} on its won
+rollouts) and trajectory-level preference optimisation (DPO on won vs failed episodes of a game)."""
 
 import json
 import shutil
@@ -49,3 +50,19 @@ def test_rft_trains_on_the_won_episodes(rft_run, alfworld_demos, tmp_path):
     after = Policy.from_pretrained(run / "iter_1/policy/model").model.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # six SFT steps moved the weights
     assert (run / "iter_1/policy/metrics.jsonl").is_file()
+
+
+def test_a_trajectory_dpo_run_has_policy_rows_only(alfworld_root, tmp_path):
+    root, _ = alfworld_root
+    config = tiny_config(root) | {"algorithm": "trajectory_dpo", "trajectory_dpo": {"steps": 3, "pairs_per_step": 2},
+                                  "rollouts": {"episodes_per_game": 3, "temperature": 1.0, "max_steps": 8}}
+    path = tmp_path / "tdpo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    process = run_cli(path, tmp_path / "run")
+    output, _ = process.communicate(timeout=1800)
+    assert process.returncode == 0, output
+    rows = read_summary(tmp_path / "run/summary.json")["rows"]
+    assert [(r["agent"], r["kind"]) for r in rows] == [("pi_0", "policy"), ("pi_1", "policy")]
+    summary = json.loads((tmp_path / "run/iter_1/policy/dpo_summary.json").read_text())
+    assert summary["episodes"] == 18 and summary["steps"] in (0, 3)  # 0 when no game had a win and a loss
+    assert (tmp_path / "run/iter_1/policy/model/config.json").is_file()
