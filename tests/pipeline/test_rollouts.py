@@ -92,3 +92,44 @@ def test_reset_shards_replay_the_expert_prefix_then_the_policy_acts(policy, alfw
         assert all("reset" not in s.extras and s.extras["logprob"] < 0 for s in record.steps[k:])
         assert record.num_steps > k  # the policy acted after the prefix
     assert sorted(r.meta["rollout"] for r in records if r.meta.get("reset_step")) == [0, 0, 0]
+
+
+def test_steered_draws_depend_on_game_and_step_only():
+    from agentprm.pipeline.rollouts import SteeredAgent
+
+    agent = SteeredAgent(None, None, fraction=0.3, seed=5)
+    draws = [agent.is_steered(f"g{g}", t) for g in range(50) for t in range(20)]
+    assert 0.25 < sum(draws) / len(draws) < 0.35
+    assert draws == [SteeredAgent(None, None, 0.3, 5).is_steered(f"g{g}", t) for g in range(50) for t in range(20)]
+    assert not any(SteeredAgent(None, None, 0.0).is_steered("g", t) for t in range(50))
+    assert all(SteeredAgent(None, None, 1.0).is_steered("g", t) for t in range(50))
+
+
+def test_steered_steps_sample_with_the_hint_and_are_flagged(policy, alfworld_root, tmp_path):
+    import dataclasses
+
+    from agentprm.models.prompts import PromptConfig, PromptState, render_prompt
+    from agentprm.pipeline.rollouts import SteeredAgent
+
+    root, _ = alfworld_root
+    games = list_games("alfworld", "train", root=str(root))[:3]
+    nominal, hinted = PromptConfig(), PromptConfig(hint="look in the drawers first")
+
+    def wrap(agent, seed):
+        return SteeredAgent(agent, dataclasses.replace(agent, prompt=hinted, last_samples={}), 0.5, seed)
+
+    collect_rollouts("alfworld", games, lambda seed: PolicyAgent(policy, prompt=nominal, temperature=1.0, seed=seed),
+                     tmp_path / "rollouts", episodes_per_game=1, max_steps=6, policy_id="pi_0", seed=3, num_envs=3,
+                     progress=False, wrap_agent=wrap)
+    steps = [(r, t) for r in read_rollouts(tmp_path / "rollouts") for t in range(r.num_steps)]
+    steered = [(r, t) for r, t in steps if r.steps[t].extras.get("steered")]
+    assert 0 < len(steered) < len(steps)
+    for record, t in steps:  # the stored log-prob is the one under the prompt the step was sampled with
+        step = record.steps[t]
+        state = PromptState.from_trajectory(record, t)
+        used = hinted if step.extras.get("steered") else nominal
+        other = nominal if used is hinted else hinted
+        scores = [policy.score_candidates([render_prompt(state, c, policy.tokenizer)], [[step.response]])[0][0]
+                  for c in (used, other)]
+        assert step.extras["logprob"] == pytest.approx(scores[0], abs=1e-4) and scores[0] != scores[1]
+        assert "Hint:" not in render_prompt(state, nominal, policy.tokenizer)  # what training renders

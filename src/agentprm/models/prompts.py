@@ -113,7 +113,8 @@ class PromptConfig:
     them whole (the current observation is never cut). ``sort_actions``: list valid actions sorted (else in the
     engine's order); duplicates are always dropped. ``show_actions``: list them at all. ``use_chat_template``:
     "auto" wraps the prompt with the tokenizer's chat template when it has one, "never" ignores it, "always"
-    requires it. ``strip_filler``: remove ``FILLER_TEXTS`` from observations.
+    requires it. ``strip_filler``: remove ``FILLER_TEXTS`` from observations. ``hint``: when set, a line
+    ``Hint: <hint>`` before the answer line (steered exploration samples with it; training never sees it).
     """
 
     template: TemplateName = "action_only"
@@ -123,8 +124,11 @@ class PromptConfig:
     show_actions: bool = True
     use_chat_template: ChatMode = "auto"
     strip_filler: bool = True
+    hint: str = ""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.hint, str):
+            raise ValueError(f"PromptConfig.hint must be a string, got {self.hint!r}")
         _check_choice("template", self.template, TEMPLATES)
         _check_int("history_window", self.history_window, minimum=-1)
         _check_int("history_obs_words", self.history_obs_words, minimum=0)
@@ -201,6 +205,7 @@ def template_variables(state: PromptState, config: PromptConfig) -> dict[str, An
         "history": history,
         "show_actions": config.show_actions,
         "actions": prepare_actions(state.admissible_actions, config.sort_actions),
+        "hint": one_line(config.hint),
     }
 
 

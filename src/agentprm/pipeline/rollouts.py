@@ -41,17 +41,58 @@ class SampleRecorder:
 
     agent: object
     samples: dict[str, list[Sample]] = field(default_factory=dict)
+    flags: dict[str, list[dict]] = field(default_factory=dict)
 
     def __call__(self, batch: list[PolicyInput]) -> list[str]:
         actions = self.agent(batch)
+        step_flags = getattr(self.agent, "last_flags", {})
         for item in batch:
             if item.step == 0:
                 self.samples[item.game.game_id] = []
+                self.flags[item.game.game_id] = []
             self.samples[item.game.game_id].append(self.agent.last_samples[item.slot])
+            self.flags[item.game.game_id].append(dict(step_flags.get(item.slot, {})))
         return actions
 
     def pop(self, game_id: str) -> list[Sample]:
         return self.samples.pop(game_id, [])
+
+    def pop_flags(self, game_id: str) -> list[dict]:
+        """Per-step flags the agent reported in ``last_flags`` (e.g. ``{"steered": True}``)."""
+        return self.flags.pop(game_id, [])
+
+
+@dataclass
+class SteeredAgent:
+    """Steered exploration (paper Section 4): each (game, step) samples from ``steered`` (the same policy with a
+    hint in its prompt) with probability ``fraction``, else from ``nominal``; the draw depends on (seed, game id,
+    step) alone. Steered steps are flagged ``{"steered": True}`` in ``last_flags``. The records keep the state, not
+    the prompt, so every later stage renders the NOMINAL prompt: sampled with the hint, trained without it."""
+
+    nominal: object
+    steered: object
+    fraction: float
+    seed: int = 0
+    last_samples: dict[int, Sample] = field(default_factory=dict)
+    last_flags: dict[int, dict] = field(default_factory=dict)
+
+    def is_steered(self, game_id: str, step: int) -> bool:
+        digest = hashlib.sha256(f"{self.seed}:{game_id}:{step}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 < self.fraction
+
+    def __call__(self, batch: list[PolicyInput]) -> list[str]:
+        steer = {item.slot: self.is_steered(item.game.game_id, item.step) for item in batch}
+        actions: dict[int, str] = {}
+        self.last_samples, self.last_flags = {}, {}
+        for agent, flag in ((self.nominal, False), (self.steered, True)):
+            part = [item for item in batch if steer[item.slot] == flag]
+            if part:
+                for item, action in zip(part, agent(part)):
+                    actions[item.slot] = action
+                    self.last_samples[item.slot] = agent.last_samples[item.slot]
+                    if flag:
+                        self.last_flags[item.slot] = {"steered": True}
+        return [actions[item.slot] for item in batch]
 
 
 @dataclass
@@ -65,15 +106,18 @@ class ResetAgent:
     agent: object
     prefixes: Mapping[str, Sequence[str]]
     last_samples: dict[int, Sample] = field(default_factory=dict)
+    last_flags: dict[int, dict] = field(default_factory=dict)  # the wrapped agent's, passed on
 
     def __call__(self, batch: list[PolicyInput]) -> list[str]:
         replayed = [item for item in batch if item.step < len(self.prefixes.get(item.game.game_id, ()))]
         acting = [item for item in batch if item.step >= len(self.prefixes.get(item.game.game_id, ()))]
         actions: dict[int, str] = {}
         samples: dict[int, Sample] = {}
+        self.last_flags = {}
         if acting:
             for item, action in zip(acting, self.agent(acting)):
                 actions[item.slot], samples[item.slot] = action, self.agent.last_samples[item.slot]
+            self.last_flags = dict(getattr(self.agent, "last_flags", {}))
         for item in replayed:
             action = self.prefixes[item.game.game_id][item.step]
             actions[item.slot] = action
@@ -102,9 +146,12 @@ def reset_prefixes(demos: Mapping[str, Sequence[str]], games: Sequence[Game], se
 
 
 def rollout_record(result: EpisodeResult, samples: list[Sample], env_name: str, policy_id: str, seed: int,
-                   meta: dict, reset_step: int = 0) -> TrajectoryRecord:
-    """The record of one rollout; the first ``reset_step`` steps were replayed from an expert prefix."""
+                   meta: dict, reset_step: int = 0, flags: Sequence[dict] | None = None) -> TrajectoryRecord:
+    """The record of one rollout; the first ``reset_step`` steps were replayed from an expert prefix; ``flags``
+    (per step) are merged into the steps' extras."""
     extras = [{"logprob": float(s.logprob), "finished": bool(s.finished)} for s in samples]
+    for extra, flag in zip(extras, flags or []):
+        extra.update(flag)
     for extra in extras[:reset_step]:
         extra["reset"] = True
     if reset_step:
@@ -126,11 +173,13 @@ def collect_rollouts(
     workers: int = 0,
     progress: bool = True,
     prefixes: Mapping[int, Mapping[str, Sequence[str]]] | None = None,
+    wrap_agent=None,
 ) -> list[Path]:
     """Write ``episodes_per_game`` shards of rollouts under ``out_dir``; return the shard paths.
 
     ``make_agent(seed)`` builds a fresh runner policy with ``last_samples`` (e.g. a ``PolicyAgent``).
     ``prefixes``: shard index -> game id -> expert actions replayed before the policy acts (reset distribution).
+    ``wrap_agent(agent, seed)``: an optional wrapper around each shard's agent (e.g. a ``SteeredAgent``).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -147,14 +196,17 @@ def collect_rollouts(
             partial.unlink(missing_ok=True)  # an interrupted shard is replayed whole: its seed fixes its content
             resets = (prefixes or {}).get(k, {})
             agent = make_agent(seed + k)
+            if wrap_agent is not None:
+                agent = wrap_agent(agent, seed + k)
             recorder = SampleRecorder(ResetAgent(agent, resets) if resets else agent)
             with TrajectoryWriter(partial) as writer:
 
                 def on_episode(result: EpisodeResult) -> None:
                     meta = {"rollout": k, "source": result.game.source}
                     reset_step = len(resets.get(result.game.game_id, ()))
-                    writer.write(rollout_record(result, recorder.pop(result.game.game_id), env_name, policy_id,
-                                                seed + k, meta, reset_step))
+                    game_id = result.game.game_id
+                    writer.write(rollout_record(result, recorder.pop(game_id), env_name, policy_id, seed + k, meta,
+                                                reset_step, recorder.pop_flags(game_id)))
                     bar.update(1)
 
                 run_episodes(pool, games, recorder, max_steps, on_episode=on_episode)

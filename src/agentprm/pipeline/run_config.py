@@ -67,6 +67,11 @@ class RolloutSettings:
     max_steps: int = field(default=30, metadata={"help": "actions per episode"})
     games: int = field(default=0, metadata={"help": "training games played per iteration (0 = all); iteration i "
                                                     "takes the i-th window of this many, wrapping around"})
+    steer_fraction: float = field(default=0.0, metadata={
+        "help": "steered exploration: probability that a rollout step samples with `hint` in the prompt (training "
+                "always uses the nominal prompt; 0 = off; reference code: 0.5)"})
+    hint: str = field(default="Think about where the object you need is most likely to be, and go there first.",
+                      metadata={"help": "steered exploration: the hint line added to the sampling prompt"})
     reset_fraction: float = field(default=0.0, metadata={
         "help": "reset distribution: fraction of the episodes per game that first replay a random prefix of the "
                 "game's expert demonstration (the same prefix for a game's reset episodes; 0 = off)"})
@@ -160,6 +165,10 @@ class RunConfig:
         if self.algorithm == "inverse_prm" and self.rollouts.reset_fraction:
             raise ValueError("rollouts.reset_fraction is an AgentPRM option (its targets skip the replayed steps); "
                              "InversePRM already learns from the expert's states: set it to 0")
+        if not 0.0 <= self.rollouts.steer_fraction <= 1.0:
+            raise ValueError(f"rollouts.steer_fraction must be in [0, 1], got {self.rollouts.steer_fraction}")
+        if self.rollouts.steer_fraction and not self.rollouts.hint.strip():
+            raise ValueError("rollouts.steer_fraction > 0 needs a non-empty rollouts.hint")
         if not 0.0 <= self.rollouts.reset_fraction <= 1.0:
             raise ValueError(f"rollouts.reset_fraction must be in [0, 1], got {self.rollouts.reset_fraction}")
         if self.model.source == "path" and not self.model.path:
