@@ -81,6 +81,9 @@ class RolloutSettings:
 class TargetSettings:
     gamma: float = field(default=0.95, metadata={"help": "discount of the Monte Carlo targets (paper: 0.95)"})
     val_fraction: float = field(default=0.1, metadata={"help": "fraction of games held out to validate the PRM"})
+    shaping: bool = field(default=False, metadata={
+        "help": "process reward shaping: Q_hat + gamma V(s') - V(s) with V the value model of pi_0 (learned from "
+                "iteration 1's rollouts), mapped affinely to [0, 1]"})
 
 
 @dataclass

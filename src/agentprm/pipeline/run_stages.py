@@ -149,6 +149,8 @@ def targets(ctx: RunContext, out: Path, iteration: int) -> None:
 
     records = read_rollouts(ctx.dir / f"iter_{iteration}" / "rollouts")
     found = mc_q_targets(records, ctx.config.targets.gamma, ctx.config.targets.val_fraction)
+    if ctx.config.targets.shaping:
+        found = shape(ctx, out, iteration, found, records)
     targets_to_parquet(found, out / "targets.parquet")
     histogram = target_histogram(found, bins=10)
     wins = sum(r.won for r in records)
@@ -160,6 +162,30 @@ def targets(ctx: RunContext, out: Path, iteration: int) -> None:
         metrics.log(0, rollout_success=stats["episode_success"], keys=len(found), mean_q=stats["mean_q"])
         for b, count in enumerate(histogram):
             metrics.log(b, q_histogram=count)
+
+
+def shape(ctx: RunContext, out: Path, iteration: int, found: list, records: list) -> list:
+    """Process reward shaping (``algorithms.shaping``): V^mu with mu = pi_0 is trained once, in iteration 1's
+    targets stage (``value/``), on the value targets of pi_0's rollouts; every iteration shapes with it."""
+    from agentprm.algorithms.prm_training import train_prm as fit_prm
+    from agentprm.algorithms.shaping import shape_targets, value_targets
+    from agentprm.models.prm import ProcessRewardModel
+    from agentprm.models.prompts import render_prompt
+
+    if iteration == 1:
+        config = dataclasses.replace(ctx.config.prm, loss="soft_bce", seed=_seed(ctx, "prm", 0),
+                                     progress=ctx.config.progress)
+        fit_prm(config, value_targets(found), str(ctx.policy_path(0)), out / "value", ctx.config.prompt)
+        folder = out / "value" / "model"
+    else:
+        folder = ctx.dir / "iter_1" / "targets" / "value" / "model"
+    value_model = ProcessRewardModel.from_pretrained(folder)
+
+    def value(states: list) -> list[float]:
+        prompts = [render_prompt(s, ctx.config.prompt, value_model.tokenizer) for s in states]
+        return list(value_model.score(prompts, [""] * len(prompts)))
+
+    return shape_targets(found, records, value, ctx.config.targets.gamma)
 
 
 def train_prm(ctx: RunContext, out: Path, iteration: int) -> None:
