@@ -282,7 +282,7 @@ def render_table(results: dict) -> str:
                      "pick_clean_then_place_in_recep": "clean", "pick_cool_then_place_in_recep": "cool",
                      "pick_heat_then_place_in_recep": "heat", "pick_two_obj_and_place": "two"}
     types = list(abbreviations)
-    header = (f"| agent | demos | steps (epochs) | success % [95% CI] | "
+    header = ("| agent | demos | steps (epochs) | success % [95% CI] | "
               + " | ".join(abbreviations[t] for t in types)
               + " | mean steps | train / val loss | SFT s | tok/s (real, wall) | eval s |")
     rows = [header, "|" + "---|" * (header.count("|") - 1)]

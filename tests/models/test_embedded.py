@@ -22,7 +22,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 from agentprm.data.records import StepRecord, TrajectoryRecord
 from agentprm.models import embedded, smollm2
 from agentprm.models.embedded import (
-    MODEL_INFO_FILE,
     NOMINAL_PARAMETERS,
     PRESETS,
     build_config,

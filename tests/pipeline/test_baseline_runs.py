@@ -6,23 +6,16 @@ import shutil
 
 import pytest
 import torch
-import yaml
 
 from agentprm.pipeline.report import read_summary
-from test_run import run_cli, tiny_config  # tests/pipeline is on sys.path (no __init__.py)
+from test_run import finished_run, tiny_config  # tests/pipeline is on sys.path (no __init__.py)
 
 
 @pytest.fixture(scope="module")
 def rft_run(alfworld_root, tmp_path_factory):
     root, _ = alfworld_root
     config = tiny_config(root) | {"algorithm": "rft", "rft": {"max_steps": 6, "batch_size": 4}}
-    path = tmp_path_factory.mktemp("rft_config") / "rft.yaml"
-    path.write_text(yaml.safe_dump(config))
-    out = tmp_path_factory.mktemp("runs") / "rft"
-    process = run_cli(path, out)
-    output, _ = process.communicate(timeout=1800)
-    assert process.returncode == 0, output
-    return out
+    return finished_run(config, tmp_path_factory.mktemp("rft_config"))
 
 
 def test_an_rft_run_has_policy_rows_only(rft_run):
@@ -56,13 +49,9 @@ def test_a_trajectory_dpo_run_has_policy_rows_only(alfworld_root, tmp_path):
     root, _ = alfworld_root
     config = tiny_config(root) | {"algorithm": "trajectory_dpo", "trajectory_dpo": {"steps": 3, "pairs_per_step": 2},
                                   "rollouts": {"episodes_per_game": 3, "temperature": 1.0, "max_steps": 8}}
-    path = tmp_path / "tdpo.yaml"
-    path.write_text(yaml.safe_dump(config))
-    process = run_cli(path, tmp_path / "run")
-    output, _ = process.communicate(timeout=1800)
-    assert process.returncode == 0, output
-    rows = read_summary(tmp_path / "run/summary.json")["rows"]
+    run = finished_run(config, tmp_path)
+    rows = read_summary(run / "summary.json")["rows"]
     assert [(r["agent"], r["kind"]) for r in rows] == [("pi_0", "policy"), ("pi_1", "policy")]
-    summary = json.loads((tmp_path / "run/iter_1/policy/dpo_summary.json").read_text())
+    summary = json.loads((run / "iter_1/policy/dpo_summary.json").read_text())
     assert summary["episodes"] == 18 and summary["steps"] in (0, 3)  # 0 when no game had a win and a loss
-    assert (tmp_path / "run/iter_1/policy/model/config.json").is_file()
+    assert (run / "iter_1/policy/model/config.json").is_file()

@@ -4,12 +4,11 @@ reset distribution, steered exploration, process reward shaping and the reward-h
 import json
 
 import pytest
-import yaml
 
 from agentprm.algorithms.mc_targets import mc_q_targets, targets_from_parquet
 from agentprm.pipeline.report import read_summary
 from agentprm.pipeline.rollouts import read_rollouts
-from test_run import run_cli, tiny_config  # tests/pipeline is on sys.path (no __init__.py)
+from test_run import finished_run, tiny_config  # tests/pipeline is on sys.path (no __init__.py)
 
 
 @pytest.fixture(scope="module")
@@ -19,13 +18,7 @@ def directions_run(alfworld_root, tmp_path_factory):
     config["iterations"] = 2
     config["rollouts"] |= {"episodes_per_game": 2, "reset_fraction": 0.5, "steer_fraction": 0.5, "max_steps": 10}
     config["targets"] = {"shaping": True, "val_fraction": 0.0}
-    path = tmp_path_factory.mktemp("directions_config") / "directions.yaml"
-    path.write_text(yaml.safe_dump(config))
-    out = tmp_path_factory.mktemp("runs") / "directions"
-    process = run_cli(path, out)
-    output, _ = process.communicate(timeout=1800)
-    assert process.returncode == 0, output
-    return out
+    return finished_run(config, tmp_path_factory.mktemp("directions_config"))
 
 
 def test_reset_and_steered_rollouts_are_recorded(directions_run):

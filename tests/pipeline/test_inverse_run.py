@@ -5,10 +5,9 @@ import json
 import shutil
 
 import pytest
-import yaml
 
 from agentprm.pipeline.report import read_summary
-from test_run import run_cli, tiny_config  # tests/pipeline is on sys.path (no __init__.py)
+from test_run import finished_run, tiny_config  # tests/pipeline is on sys.path (no __init__.py)
 
 
 @pytest.fixture(scope="module")
@@ -17,13 +16,7 @@ def inverse_run(alfworld_root, tmp_path_factory):
     config = tiny_config(root) | {"algorithm": "inverse_prm", "iterations": 2,
                                   "inverse": {"transitions_per_class": 40}}
     config["dpo"] = {k: v for k, v in config["dpo"].items() if k != "monitor_every"}  # no success read on this path
-    path = tmp_path_factory.mktemp("inverse_config") / "inverse.yaml"
-    path.write_text(yaml.safe_dump(config))
-    out = tmp_path_factory.mktemp("runs") / "inverse"
-    process = run_cli(path, out)
-    output, _ = process.communicate(timeout=1800)
-    assert process.returncode == 0, output
-    return out
+    return finished_run(config, tmp_path_factory.mktemp("inverse_config"))
 
 
 def test_an_inverse_run_aggregates_learner_data_and_reports_the_table(inverse_run):

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -36,6 +37,16 @@ def tiny_config(root) -> dict:
 def run_cli(config_path, out, **popen):
     return subprocess.Popen([sys.executable, "-m", "agentprm.cli", "run", str(config_path), "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def finished_run(config: dict, folder) -> Path:
+    """``agentprm run`` of ``config`` (written to ``folder/config_in.yaml``) into ``folder/run``, to the end."""
+    path = Path(folder) / "config_in.yaml"
+    path.write_text(yaml.safe_dump(config))
+    process = run_cli(path, Path(folder) / "run")
+    output, _ = process.communicate(timeout=1800)
+    assert process.returncode == 0, output
+    return Path(folder) / "run"
 
 
 @pytest.fixture(scope="module")

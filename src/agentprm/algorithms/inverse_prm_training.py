@@ -31,15 +31,13 @@ from agentprm.algorithms.inverse_prm import (
 from agentprm.algorithms.prm_training import (
     PRMTrainConfig,
     PRMTrainError,
-    _LogitModule,
     _load_prm,
-    _optimiser_step,
     _save_model_atomic,
     _write_json_atomic,
     auc,
     encode_sequences,
+    fit_prm_module,
 )
-from agentprm.algorithms.sft import batch_order, lr_lambda
 from agentprm.metrics import MetricsLogger
 from agentprm.models.policy import eval_no_grad, left_pad
 from agentprm.models.prompts import PromptConfig
@@ -107,7 +105,6 @@ def train_inverse_prm(config: PRMTrainConfig, transitions: list[InverseTransitio
     ``model/``, ``validation.json``, ``prm_summary.json`` and (unless ``metrics`` is given) ``metrics.jsonl``.
     """
     from accelerate import Accelerator
-    from tqdm import tqdm
 
     config.validate()
     if not 0.0 < gamma <= 1.0:
@@ -130,19 +127,11 @@ def train_inverse_prm(config: PRMTrainConfig, transitions: list[InverseTransitio
     lengths = [max(len(current[k]), len(following[k] or [])) for k in range(len(train))] \
         if config.group_by_length else None
 
-    steps_per_epoch = max(1, math.ceil(math.ceil(len(train) / config.batch_size) / config.grad_accum))
-    total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
-    module = _LogitModule(prm)
-    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=config.lr,
-                                  weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_lambda(s, config.warmup_steps, total_steps, config.min_lr_ratio))
-    module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
     own_metrics = metrics is None
     if own_metrics:
         metrics = MetricsLogger(out / "metrics.jsonl", "prm", iteration=iteration, tensorboard_dir=out / "tensorboard")
 
-    def micro_batch_loss(batch: list[int]) -> torch.Tensor:
+    def micro_batch_loss(module: torch.nn.Module, batch: list[int]) -> torch.Tensor:
         nexts = [k for k in batch if following[k] is not None]
         logits = module(*left_pad([current[k] for k in batch] + [following[k] for k in nexts], prm.pad_id, device))
         z, z_next = logits[: len(batch)], torch.zeros(len(batch), device=device, dtype=logits.dtype)
@@ -153,36 +142,32 @@ def train_inverse_prm(config: PRMTrainConfig, transitions: list[InverseTransitio
         return inverse_prm_loss(z, z_next, has_next, torch.tensor([labels[k] for k in batch], device=device),
                                 torch.tensor([weights[k] for k in batch], device=device), gamma)
 
-    def validate() -> dict[str, Any]:
-        seqs, nexts = _encode(val, prm.tokenizer, prompt_config, config.max_length)
-        z = _logits(module, seqs, prm.pad_id, device, config.eval_batch_size)
-        present = [k for k, s in enumerate(nexts) if s is not None]
-        zn = _logits(module, [nexts[k] for k in present], prm.pad_id, device, config.eval_batch_size)
+    val_current, val_following = _encode(val, prm.tokenizer, prompt_config, config.max_length)
+
+    def validate(module: torch.nn.Module) -> dict[str, Any]:
+        z = _logits(module, val_current, prm.pad_id, device, config.eval_batch_size)
+        present = [k for k, s in enumerate(val_following) if s is not None]
+        zn = _logits(module, [val_following[k] for k in present], prm.pad_id, device, config.eval_batch_size)
         z_next: list[float | None] = [None] * len(val)
         for k, value in zip(present, zn):
             z_next[k] = value
         return inverse_validation_report(val, z, z_next, gamma)
 
-    start_time, losses = time.perf_counter(), []
+    def logged(module: torch.nn.Module) -> dict[str, float]:
+        report = validate(module)
+        return {f"val_{k}" if not k.startswith("val_") else k: v for k, v in report.items()
+                if k in ("val_loss", "balanced_accuracy", "expert_auc") and v is not None}
+
+    start_time = time.perf_counter()
     try:
-        module.train()
-        for step in tqdm(range(1, total_steps + 1), desc="inverse prm", disable=not config.progress):
-            epoch, within = divmod(step - 1, steps_per_epoch)
-            window = batch_order(len(train), config.batch_size, config.seed, epoch, lengths)
-            window = window[within * config.grad_accum: (within + 1) * config.grad_accum]
-            window = window[accelerator.process_index:: accelerator.num_processes] or window[:1]
-            losses.append(_optimiser_step(window, micro_batch_loss, module, optimizer, scheduler, accelerator,
-                                          config.max_grad_norm))
-            metrics.log(step, loss=losses[-1], lr=scheduler.get_last_lr()[0])
-            if val and (step % config.eval_every == 0 or step == total_steps):
-                report = validate()
-                metrics.log(step, **{f"val_{k}" if not k.startswith("val_") else k: v for k, v in report.items()
-                                     if k in ("val_loss", "balanced_accuracy", "expert_auc") and v is not None})
+        module, losses, total_steps = fit_prm_module(config, prm, accelerator, len(train), lengths,
+                                                     micro_batch_loss, metrics, logged if val else None,
+                                                     desc="inverse prm")
     finally:
         if own_metrics:
             metrics.close()
 
-    report = validate() if val else {}
+    report = validate(module) if val else {}
     summary = {"steps": total_steps, "loss": "inverse_prm", "gamma": gamma, "train_transitions": len(train),
                "train_expert": sum(labels), "train_learner": len(labels) - sum(labels), "val_transitions": len(val),
                "first_loss": losses[0], "final_loss": losses[-1], "val_loss": report.get("val_loss"),

@@ -340,7 +340,6 @@ def train_prm(config: PRMTrainConfig, targets: list[QTarget], init_model_path: s
     ``iteration``.
     """
     from accelerate import Accelerator
-    from tqdm import tqdm
 
     config.validate()
     out = Path(out_dir)
@@ -361,45 +360,27 @@ def train_prm(config: PRMTrainConfig, targets: list[QTarget], init_model_path: s
     val_seqs = encode_targets(val, prm.tokenizer, prompt_config, config.max_length)
     train_q, val_q = [t.q for t in train], [t.q for t in val]
 
-    # -- schedule ----------------------------------------------------------------------------------------------------
-    steps_per_epoch = max(1, math.ceil(math.ceil(len(items) / config.batch_size) / config.grad_accum))
-    total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
-    module = _LogitModule(prm)
-    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=config.lr,
-                                  weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_lambda(s, config.warmup_steps, total_steps, config.min_lr_ratio))
-    module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
     own_metrics = metrics is None
     if own_metrics:
         metrics = MetricsLogger(out / "metrics.jsonl", "prm", iteration=iteration, tensorboard_dir=out / "tensorboard")
 
-    def micro_batch_loss(batch: list[int]) -> torch.Tensor:
+    def micro_batch_loss(module: torch.nn.Module, batch: list[int]) -> torch.Tensor:
         return _loss(module, items, batch, train_seqs, train_q, config.loss, prm.pad_id, device)
 
-    def val_scores() -> list[float]:
+    def val_scores(module: torch.nn.Module) -> list[float]:
         return predict_scores(module, val_seqs, prm.pad_id, device, config.eval_batch_size)
 
-    # -- training ----------------------------------------------------------------------------------------------------
-    start_time, losses = time.perf_counter(), []
+    start_time = time.perf_counter()
     try:
-        module.train()
-        for step in tqdm(range(1, total_steps + 1), desc="prm", disable=not config.progress):
-            epoch, within = divmod(step - 1, steps_per_epoch)
-            window = batch_order(len(items), config.batch_size, config.seed, epoch, lengths)
-            window = window[within * config.grad_accum: (within + 1) * config.grad_accum]
-            window = window[accelerator.process_index:: accelerator.num_processes] or window[:1]
-            losses.append(_optimiser_step(window, micro_batch_loss, module, optimizer, scheduler, accelerator,
-                                          config.max_grad_norm))
-            metrics.log(step, loss=losses[-1], lr=scheduler.get_last_lr()[0])
-            if val and (step % config.eval_every == 0 or step == total_steps):
-                metrics.log(step, val_bce=validation_bce(val_scores(), val_q))
+        module, losses, total_steps = fit_prm_module(
+            config, prm, accelerator, len(items), lengths, micro_batch_loss, metrics,
+            (lambda module: {"val_bce": validation_bce(val_scores(module), val_q)}) if val else None)
     finally:
         if own_metrics:
             metrics.close()
 
     # -- validation report, summary, save ----------------------------------------------------------------------------
-    scores = val_scores()
+    scores = val_scores(module)
     report = prm_validation_report(val, scores, config.calibration_bins, config.first_steps)
     sample = list(range(0, len(train), math.ceil(len(train) / 128) or 1))  # at most 128 train targets
     train_scores = predict_scores(module, [train_seqs[i] for i in sample], prm.pad_id, device, config.eval_batch_size)
@@ -412,6 +393,39 @@ def train_prm(config: PRMTrainConfig, targets: list[QTarget], init_model_path: s
         _write_outputs(out, prm, config, report, summary, val, scores, iteration)
     accelerator.wait_for_everyone()
     return summary
+
+
+def fit_prm_module(config: PRMTrainConfig, prm: Any, accelerator: Any, num_items: int, lengths: list[int] | None,
+                   micro_batch_loss: Any, metrics: MetricsLogger, evaluate: Any = None,
+                   desc: str = "prm") -> tuple[torch.nn.Module, list[float], int]:
+    """The optimisation shared by the PRM trainers: AdamW, linear warm-up then cosine decay, ``num_items`` items in
+    seeded (length-grouped when ``lengths``) batches of ``config.batch_size``, ``config.grad_accum`` micro-batches
+    per step, clipping; logs ``loss`` and ``lr`` every step and ``evaluate(module)``'s dict every ``eval_every``
+    steps and at the end. ``micro_batch_loss(module, batch)`` gives the mean loss of a micro-batch of item indices.
+    Returns the (prepared) module, the per-step losses and the number of steps."""
+    from tqdm import tqdm
+
+    steps_per_epoch = max(1, math.ceil(math.ceil(num_items / config.batch_size) / config.grad_accum))
+    total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+    module = _LogitModule(prm)
+    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=config.lr,
+                                  weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_lambda(s, config.warmup_steps, total_steps, config.min_lr_ratio))
+    module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
+    losses: list[float] = []
+    module.train()
+    for step in tqdm(range(1, total_steps + 1), desc=desc, disable=not config.progress):
+        epoch, within = divmod(step - 1, steps_per_epoch)
+        window = batch_order(num_items, config.batch_size, config.seed, epoch, lengths)
+        window = window[within * config.grad_accum: (within + 1) * config.grad_accum]
+        window = window[accelerator.process_index:: accelerator.num_processes] or window[:1]
+        losses.append(_optimiser_step(window, lambda batch: micro_batch_loss(module, batch), module, optimizer,
+                                      scheduler, accelerator, config.max_grad_norm))
+        metrics.log(step, loss=losses[-1], lr=scheduler.get_last_lr()[0])
+        if evaluate is not None and (step % config.eval_every == 0 or step == total_steps):
+            metrics.log(step, **evaluate(module))
+    return module, losses, total_steps
 
 
 def _optimiser_step(window, micro_batch_loss, module, optimizer, scheduler, accelerator, max_grad_norm) -> float:

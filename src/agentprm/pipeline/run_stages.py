@@ -98,22 +98,21 @@ def rollouts(ctx: RunContext, out: Path, iteration: int) -> None:
         return PolicyAgent(policy, prompt=c.prompt, mode=c.policy.mode, temperature=c.rollouts.temperature,
                            max_new_tokens=c.policy.max_new_tokens, seed=seed)
 
-    wrap = None
-    if c.rollouts.steer_fraction:  # steered exploration: some steps sample with the hint prompt
+    def steer(agent: PolicyAgent, seed: int):
+        """Steered exploration: the same policy with the hint in its prompt samples some of the steps."""
         from agentprm.pipeline.rollouts import SteeredAgent
 
         hinted = dataclasses.replace(c.prompt, hint=c.rollouts.hint)
-
-        def wrap(agent: PolicyAgent, seed: int) -> SteeredAgent:
-            steered = dataclasses.replace(agent, prompt=hinted, seed=seed + 7919, last_samples={})
-            return SteeredAgent(agent, steered, c.rollouts.steer_fraction, seed)
+        steered = dataclasses.replace(agent, prompt=hinted, seed=seed + 7919, last_samples={})
+        return SteeredAgent(agent, steered, c.rollouts.steer_fraction, seed)
 
     games = rollout_games(ctx.games("train"), c.rollouts.games, iteration)
     seed = _seed(ctx, "rollouts", iteration)
     collect_rollouts(c.games.env, games, make_agent, out, c.rollouts.episodes_per_game,
                      c.rollouts.max_steps, policy_id=f"pi_{iteration - 1}", seed=seed,
                      num_envs=c.num_envs, workers=c.workers, progress=c.progress,
-                     prefixes=reset_shards(ctx, games, seed), wrap_agent=wrap)
+                     prefixes=reset_shards(ctx, games, seed),
+                     wrap_agent=steer if c.rollouts.steer_fraction else None)
 
 
 def reset_shards(ctx: RunContext, games: list, seed: int) -> dict[int, dict[str, list[str]]]:
@@ -241,7 +240,8 @@ def inverse_targets(ctx: RunContext, out: Path, iteration: int) -> None:
             found = episode_transitions(outcome_free(record), 0, val, iteration=j)
             learner += found
             latest += found if j == iteration else []
-    transitions_to_jsonl(latest, out / "policy_states.jsonl")  # the DPO stage's states (a' unused there)
+    # the DPO stage's states: only s is used there
+    transitions_to_jsonl([dataclasses.replace(t, next_state=None) for t in latest], out / "policy_states.jsonl")
     rng = random.Random(_seed(ctx, "prm", iteration))
     cap = c.inverse.transitions_per_class
     kept = []

@@ -1,0 +1,138 @@
+"""Ablation table of the paper's directions and the outcome-only baselines, each one `agentprm run` of one config.
+
+Every variant is the base config (default ``configs/quickstart.yaml`` with ``--base-overrides``) plus its own
+overrides; it runs one iteration (pi_0 -> pi_1) with the same rollout budget. A base run is made first; the variants
+copy its games, demonstrations, initial model and pi_0 (stages whose settings every variant shares, so they would be
+rebuilt identically) and run the rest: rollouts, targets, PRM, policy step, evaluation. Reported per variant: pi_1
+success on the base's unseen evaluation games with its Wilson interval, the Best-of-N row when there is one, the
+environment steps of the rollouts (and the validation episodes the reward-hacking monitor played, if on), and the
+wall time of the variant's own stages.
+
+    PYTHONPATH=src python benchmarks/ablations.py --out /tmp/ablations \\
+        --base-overrides games.unseen=60 games.seen=24 eval.bon_curve=[] \\
+        --results benchmarks/results/ablations.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from machine import load_average, machine_info
+
+VARIANTS: dict[str, list[str]] = {
+    "agentprm": [],
+    "relative_loss": ["prm.loss=bradley_terry"],
+    "reset_distribution": ["rollouts.reset_fraction=0.5"],
+    "steered_exploration": ["rollouts.steer_fraction=0.5"],
+    "reward_shaping": ["targets.shaping=true"],
+    "monitor_keep_best": ["dpo.monitor_every=10", "monitor.games=24"],
+    "inverse_prm": ["algorithm=inverse_prm"],
+    "rft": ["algorithm=rft"],
+    "trajectory_dpo": ["algorithm=trajectory_dpo"],
+}
+SHARED_STAGES = ("games", "demos", "model_init", "iter_0")
+
+
+def run(config: str, out: Path, overrides: list[str]) -> float:
+    start = time.perf_counter()
+    command = [sys.executable, "-m", "agentprm.cli", "run", config, "--out", str(out), *overrides]
+    done = subprocess.run(command, capture_output=True, text=True)
+    (out.parent / f"{out.name}.log").write_text(done.stdout + done.stderr)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed; see {out.parent / (out.name + '.log')}")
+    return time.perf_counter() - start
+
+
+def rollout_steps(run_dir: Path) -> dict[str, int]:
+    episodes = steps = replayed = 0
+    for shard in sorted(run_dir.glob("iter_*/rollouts/shard_*.jsonl")):
+        for line in shard.read_text().splitlines():
+            record = json.loads(line)
+            episodes += 1
+            steps += record["num_steps"]
+            replayed += sum(1 for s in record["steps"] if s.get("extras", {}).get("reset"))
+    return {"episodes": episodes, "env_steps": steps, "replayed_steps": replayed}
+
+
+def own_seconds(run_dir: Path) -> float:
+    total = 0.0
+    for stage in run_dir.glob("iter_*/*/stage.json"):
+        if stage.parent.parent.name != "iter_0":
+            total += json.loads(stage.read_text())["seconds"]
+    final = run_dir / "final_eval" / "stage.json"
+    return total + (json.loads(final.read_text())["seconds"] if final.is_file() else 0.0)
+
+
+def variant_row(name: str, run_dir: Path, overrides: list[str]) -> dict:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rows = {(r["agent"], r["kind"], r["prm"], r["n"]): r for r in summary["rows"]}
+    policy = rows[("pi_1", "policy", None, 1)]
+    bon = [r for key, r in rows.items() if key[0] == "pi_1" and key[1] == "bon"]
+    monitor = {}
+    dpo = run_dir / "iter_1" / "policy" / "dpo_summary.json"
+    if dpo.is_file() and "monitor" in json.loads(dpo.read_text()):
+        m = json.loads(dpo.read_text())["monitor"]
+        monitor = {"readings": len(m["readings"]), "selected_step": m["selected_step"],
+                   "hacking_warnings": m["hacking_warnings"]}
+    return {"variant": name, "overrides": overrides, "pi_1": {k: policy[k] for k in ("success", "ci95", "episodes")},
+            "bon": [{k: r[k] for k in ("agent", "prm", "n", "success", "ci95")} for r in bon],
+            **rollout_steps(run_dir), "monitor": monitor, "seconds": own_seconds(run_dir)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/quickstart.yaml")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the run directories")
+    parser.add_argument("--base-overrides", nargs="*", default=[])
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--results", type=Path, default=Path("benchmarks/results/ablations.json"))
+    args = parser.parse_args()
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    base = args.out / "base"
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    print(f"base run: {run(args.config, base, args.base_overrides):.0f} s", flush=True)
+    pi_0 = json.loads((base / "summary.json").read_text())["rows"][0]
+    results = []
+    for name in args.variants.split(","):
+        overrides = VARIANTS[name]
+        target = args.out / name
+        if not (target / "summary.json").is_file():
+            target.mkdir(exist_ok=True)
+            for stage in SHARED_STAGES:
+                if (base / stage).exists() and not (target / stage).exists():
+                    shutil.copytree(base / stage, target / stage,
+                                    ignore=shutil.ignore_patterns("eval") if stage == "iter_0" else None)
+            if (base / "iter_0" / "eval").is_dir() and not (target / "iter_0" / "eval").exists():
+                shutil.copytree(base / "iter_0" / "eval", target / "iter_0" / "eval")
+            try:
+                run(args.config, target, args.base_overrides + overrides)
+            except RuntimeError as error:  # a variant that cannot run is a row too, with its reason
+                log = (args.out / f"{name}.log").read_text().strip().splitlines()
+                results.append({"variant": name, "overrides": overrides, "error": log[-1] if log else str(error)})
+                print(f"{name:22s} failed: {results[-1]['error']}", flush=True)
+                continue
+        row = variant_row(name, target, overrides)
+        results.append(row)
+        lo, hi = row["pi_1"]["ci95"]
+        print(f"{name:22s} pi_1 {100 * row['pi_1']['success']:5.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]  "
+              f"env steps {row['env_steps']:6d}  {row['seconds']:5.0f} s", flush=True)
+    report = {"command": " ".join(["python", "benchmarks/ablations.py", *sys.argv[1:]]), "started": started,
+              "machine": machine_info(("agentprm", "torch", "transformers", "alfworld")),
+              "load_average_end": load_average(), "config": args.config,
+              "base_overrides": args.base_overrides, "pi_0": {k: pi_0[k] for k in ("success", "ci95", "episodes")},
+              "variants": results}
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.results}")
+
+
+if __name__ == "__main__":
+    main()
