@@ -132,12 +132,12 @@ def train_inverse_prm(config: PRMTrainConfig, transitions: list[InverseTransitio
         metrics = MetricsLogger(out / "metrics.jsonl", "prm", iteration=iteration, tensorboard_dir=out / "tensorboard")
 
     def micro_batch_loss(module: torch.nn.Module, batch: list[int]) -> torch.Tensor:
-        nexts = [k for k in batch if following[k] is not None]
-        logits = module(*left_pad([current[k] for k in batch] + [following[k] for k in nexts], prm.pad_id, device))
+        rows = [row for row, k in enumerate(batch) if following[k] is not None]  # positions with a next state
+        logits = module(*left_pad([current[k] for k in batch] + [following[batch[row]] for row in rows], prm.pad_id,
+                                  device))
         z, z_next = logits[: len(batch)], torch.zeros(len(batch), device=device, dtype=logits.dtype)
-        if nexts:
-            z_next = z_next.index_put((torch.tensor([batch.index(k) for k in nexts], device=device),),
-                                      logits[len(batch):])
+        if rows:
+            z_next = z_next.index_put((torch.tensor(rows, device=device),), logits[len(batch):])
         has_next = torch.tensor([following[k] is not None for k in batch], device=device)
         return inverse_prm_loss(z, z_next, has_next, torch.tensor([labels[k] for k in batch], device=device),
                                 torch.tensor([weights[k] for k in batch], device=device), gamma)
