@@ -214,8 +214,8 @@ STAGE_COMMANDS = {
     "targets": "Monte Carlo Q targets of iteration i's rollouts (Parquet + histogram)",
     "train-prm": "train Q_{i-1} on iteration i's targets",
     "train-policy": "online DPO: pi_i against Q_{i-1} with reference pi_{i-1}",
-    "eval": "evaluate iteration i's rows on the fixed games (no --iteration: the final Best-of-N curve)",
 }
+EVAL_STAGE_HELP = "evaluate iteration i's rows on the fixed games (no --iteration: the final Best-of-N curve)"
 
 
 def cmd_stage(args) -> int:
@@ -227,17 +227,78 @@ def cmd_stage(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    """``agentprm eval RUN --iteration i``: a run's evaluation stage; ``agentprm eval CONFIG``: an evaluation."""
+    from agentprm.config import describe, load_config
+    from agentprm.pipeline.eval_suite import EvalConfig, evaluate_suite
+
+    if args.describe:
+        print(describe(EvalConfig))
+        return 0
+    if args.target and Path(args.target).is_dir():
+        if args.overrides or args.out:
+            raise EnvError(f"{args.target} is a run directory: its eval stage takes no overrides or --out "
+                           "(write an evaluation config with `run: {args.target}` instead)")
+        args.run, args.command = args.target, "eval"
+        return cmd_stage(args)
+    if args.iteration is not None or args.redo:
+        raise EnvError("--iteration and --redo apply to a run directory's eval stage; "
+                       f"{args.target!r} is not a directory")
+    config_path, overrides = args.target, list(args.overrides)
+    if config_path and "=" in config_path:
+        config_path, overrides = None, [config_path] + overrides
+    config = load_config(EvalConfig, config_path, overrides)  # every key checked before any work
+    _quiet_transformers()
+    out = args.out or f"evals/{Path(config_path).stem if config_path else 'eval'}"
+    summary = evaluate_suite(config, out)
+    from agentprm.pipeline.report import results_table
+
+    print(results_table(summary["rows"]))
+    print(f"\nEvaluation folder: {out} (report.md, summary.json, episodes/, plots/)")
+    return 0
+
+
 def cmd_report(args) -> int:
     from agentprm.config import load_config
+    from agentprm.pipeline.eval_suite import EVAL_CONFIG, write_eval_report
     from agentprm.pipeline.run_config import RunConfig
     from agentprm.pipeline.run_report import write_run_report
+    from agentprm.pipeline.stages import check_run_format
 
     run_dir = Path(args.run)
-    if not (run_dir / "config.yaml").is_file():
-        raise EnvError(f"{run_dir} is not a run directory (no config.yaml)")
-    config = load_config(RunConfig, run_dir / "config.yaml")
-    write_run_report(run_dir, config, None)
+    check_run_format(run_dir)
+    if (run_dir / EVAL_CONFIG).is_file():
+        write_eval_report(run_dir)
+    elif (run_dir / "config.yaml").is_file():
+        config = load_config(RunConfig, run_dir / "config.yaml")
+        write_run_report(run_dir, config, None)
+    else:
+        raise EnvError(f"{run_dir} is not a run directory (no config.yaml) or an evaluation folder (no {EVAL_CONFIG})")
     print(f"Rebuilt {run_dir / 'report.md'} and {run_dir / 'summary.json'}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from agentprm.pipeline.inspect import compare_table, load_summaries
+
+    table = compare_table(load_summaries(args.runs))
+    print(table)
+    if args.out:
+        Path(args.out).write_text(table + "\n")
+    return 0
+
+
+def cmd_show(args) -> int:
+    from agentprm.pipeline.inspect import find_episode, render_episode
+
+    path, index = args.episode, args.index
+    if not Path(path).is_file() and ":" in path and path.rsplit(":", 1)[1].isdigit():
+        path, index = path.rsplit(":", 1)[0], int(path.rsplit(":", 1)[1])
+    try:
+        record = find_episode(path, args.game, index)
+    except (IndexError, KeyError) as error:
+        raise EnvError(str(error).strip("'\"")) from None
+    print(render_episode(record, prompts=args.prompts))
     return 0
 
 
@@ -331,10 +392,44 @@ def build_parser() -> argparse.ArgumentParser:
         stage.add_argument("--redo", action="store_true", help="delete the complete stage and build it again")
         stage.set_defaults(func=cmd_stage)
 
-    report = sub.add_parser("report", help="rebuild report.md, summary.json and plots of a run directory",
-                            description="Rebuild the report of a run directory from its finished stages.")
-    report.add_argument("run", help="run directory")
+    evaluate = sub.add_parser(
+        "eval", help="evaluate agents on fixed games (or one run's eval stage)",
+        description="`agentprm eval CONFIG [key=value ...] --out DIR`: evaluate policies, Best-of-N with any PRM, "
+                    "the random and expert agents and OpenAI-compatible API models on the same games and seeds "
+                    "(keys: `agentprm eval --describe`). `agentprm eval RUN --iteration i`: " + EVAL_STAGE_HELP
+                    + " of a run directory.")
+    evaluate.add_argument("target", nargs="?", default=None, help="evaluation config (YAML), or a run directory")
+    evaluate.add_argument("overrides", nargs="*", help="key=value overrides, e.g. eval_games=10 splits=[seen]")
+    evaluate.add_argument("--out", default=None, help="evaluation folder (default evals/<config name>)")
+    evaluate.add_argument("--iteration", type=_positive_int, default=None,
+                          help="run directory only: AgentPRM iteration i (0 evaluates pi_0)")
+    evaluate.add_argument("--redo", action="store_true", help="run directory only: evaluate the stage again")
+    evaluate.add_argument("--describe", action="store_true", help="list every evaluation config key")
+    evaluate.set_defaults(func=cmd_eval)
+
+    report = sub.add_parser("report", help="rebuild report.md, summary.json and plots of a run or evaluation folder",
+                            description="Rebuild the report of a run directory from its finished stages, or of an "
+                                        "evaluation folder from its finished rows.")
+    report.add_argument("run", help="run directory or evaluation folder")
     report.set_defaults(func=cmd_report)
+
+    compare = sub.add_parser("compare", help="put the results of several runs or evaluations side by side",
+                             description="One markdown table: a line per (split, agent), a success column per "
+                                         "folder.")
+    compare.add_argument("runs", nargs="+", help="run directories or evaluation folders")
+    compare.add_argument("--out", default=None, help="also write the table to this file")
+    compare.set_defaults(func=cmd_compare)
+
+    show = sub.add_parser("show", help="print one recorded episode with the PRM's scores per step",
+                          description="Print an episode of a records file (RUN/iter_i/eval/*.jsonl, "
+                                      "EVAL/episodes/<split>/*.jsonl): observations, every Best-of-N candidate "
+                                      "with its PRM score, the executed action. EPISODE is FILE, FILE:K (the K-th "
+                                      "episode) or FILE with --game.")
+    show.add_argument("episode", help="records file (JSONL), optionally :K")
+    show.add_argument("--game", default=None, help="game id (or a unique part of it)")
+    show.add_argument("--index", type=int, default=0, help="K-th episode of the file (0-based)")
+    show.add_argument("--prompts", action="store_true", help="also print each step's prompt")
+    show.set_defaults(func=cmd_show)
 
     parquet = sub.add_parser("parquet", help="convert trajectory JSONL to Parquet",
                              description="Convert a trajectory JSONL file to Parquet (datasets/pandas readable).")
@@ -358,11 +453,13 @@ def main(argv: list[str] | None = None) -> int:
     from agentprm.pipeline.report import SummaryError
     from agentprm.data.jsonl import CorruptFileError
     from agentprm.data.records import RecordError
+    from agentprm.models.api_client import EndpointError
+    from agentprm.pipeline.stages import IncompatibleRunError
 
     try:
         return args.func(args)
     except (EnvError, CorruptFileError, RecordError, ConfigError, SFTError, SummaryError, FileNotFoundError,
-            FileExistsError) as error:
+            FileExistsError, EndpointError, IncompatibleRunError) as error:
         print(f"agentprm {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -113,7 +113,7 @@ class BestOfNAgent:
     """BoN(policy, prm), callable as a runner policy: ``agent(batch) -> actions``.
 
     ``last_samples`` holds each slot's executed sample (text, token ids, log-prob), ``last_choices`` each slot's
-    N candidates with their scores and the chosen index; ``prm_evaluations`` counts scored (prompt, response)
+    N candidates with their scores and the chosen index, ``last_prompts`` each slot's policy prompt; ``prm_evaluations`` counts scored (prompt, response)
     pairs and ``prm_calls`` batched ``prm.score`` calls since construction.
     """
 
@@ -130,6 +130,7 @@ class BestOfNAgent:
     seed: int = 0
     last_samples: dict[int, Sample] = field(default_factory=dict)
     last_choices: dict[int, Choice] = field(default_factory=dict)
+    last_prompts: dict[int, str] = field(default_factory=dict)
     prm_evaluations: int = 0
     prm_calls: int = 0
     _calls: int = 0
@@ -147,6 +148,7 @@ class BestOfNAgent:
         candidates = [self._candidates(item, slot_samples) for item, slot_samples in zip(batch, samples)]
         self._score(states, prompts, batch, candidates)
         self.last_choices, self.last_samples = {}, {}
+        self.last_prompts = {item.slot: prompt for item, prompt in zip(batch, prompts)}
         actions = []
         for item, slot_candidates, slot_samples in zip(batch, candidates, samples):
             chosen = select_best(slot_candidates, item.observation.admissible_actions, self.filter_admissible)

@@ -9,8 +9,9 @@ For every live episode the agent renders the prompt (``models.prompts``) and pic
 - ``free``: free generation (the paper's mode for large models), parsed by ``models.parser``; an unparsable or
   non-admissible response is still sent to the engine as it is (and gets "Nothing happens.").
 
-Either way the sample keeps its text, token ids and log-probability in ``last_samples`` for callers that record
-them (rollouts for training), so nothing is ever re-tokenised.
+Either way the sample keeps its text, token ids and log-probability in ``last_samples`` (and the prompt in
+``last_prompts``) for callers that record them (rollouts for training, evaluation records), so nothing is ever
+re-tokenised.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class PolicyAgent:
     max_new_tokens: int = 48
     seed: int = 0
     last_samples: dict[int, Sample] = field(default_factory=dict)
+    last_prompts: dict[int, str] = field(default_factory=dict)
     _calls: int = 0
 
     def __post_init__(self) -> None:
@@ -67,4 +69,5 @@ class PolicyAgent:
             actions = [parse_response(s.text, item.observation.admissible_actions, self.prompt.template).action
                        for s, item in zip(samples, batch)]
         self.last_samples = {item.slot: sample for item, sample in zip(batch, samples)}
+        self.last_prompts = {item.slot: prompt for item, prompt in zip(batch, prompts)}
         return actions

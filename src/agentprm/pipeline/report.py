@@ -7,8 +7,11 @@
                "success": 0.739, "ci95": [0.66, 0.81], "mean_actions": 14.0, "episodes": 134,
                "by_task_type": {"pick_and_place_simple": 0.58, ...}}, ...]}
 
-A row is one evaluated agent: the policy ``pi_i`` alone (``kind="policy"``, ``n=1``, ``prm=null``) or
-BoN(pi_i, Q_j) (``kind="bon"``, ``prm="Q_j"``); ``ci95`` is the Wilson 95% interval of ``success``.
+A row is one evaluated agent: the policy ``pi_i`` alone (``kind="policy"``, ``n=1``, ``prm=null``),
+BoN(pi_i, Q_j) (``kind="bon"``, ``prm="Q_j"``), or (``agentprm eval``) a baseline without a PRM: ``random``,
+``expert`` or ``api`` (n=1, prm=null); ``ci95`` is the Wilson 95% interval of ``success``. ``iteration`` is null for
+an agent that is not an iteration of a run. ``agentprm eval`` rows also carry ``split``, ``label`` and, for API
+models, ``usage`` (requests, retries, tokens, seconds, cost).
 
 Plots are PNGs drawn with matplotlib's object API on the Agg canvas (no pyplot, no global backend switch), the same
 bytes for the same input. ``report.md`` holds a Table-1-style table (ALFWorld task types in the paper's short names
@@ -29,7 +32,8 @@ from typing import Any
 from agentprm.pipeline.results import SuccessTable, wilson_interval
 
 SCHEMA_VERSION = 1
-KINDS = ("policy", "bon")
+KINDS = ("policy", "bon", "random", "expert", "api")
+SINGLE_KINDS = ("policy", "random", "expert", "api")  # rows without a PRM: n = 1, prm = null
 ALFWORLD_SHORT_NAMES = {  # the paper's column order
     "pick_and_place_simple": "Pick",
     "pick_clean_then_place_in_recep": "Clean",
@@ -55,7 +59,8 @@ class SummaryError(ValueError):
 # -- rows and summary.json -------------------------------------------------------------------------------------------
 
 
-def summary_row(agent: str, iteration: int, kind: str, n: int, prm: str | None, table: SuccessTable) -> dict:
+def summary_row(agent: str, iteration: int | None, kind: str, n: int, prm: str | None,
+                table: SuccessTable) -> dict:
     """One results-table row from an evaluation's success table (all splits of the table pooled)."""
     wins, episodes = table.counts()
     row = {"agent": agent, "iteration": iteration, "kind": kind, "n": n, "prm": prm,
@@ -66,8 +71,8 @@ def summary_row(agent: str, iteration: int, kind: str, n: int, prm: str | None, 
 
 
 def row_label(row: Mapping[str, Any]) -> str:
-    """How the paper names a row: ``pi_1`` or ``BoN(pi_1, Q_0), N=16``."""
-    if row["kind"] == "policy":
+    """How the paper names a row: ``pi_1`` or ``BoN(pi_1, Q_0), N=16`` (baselines by their agent name)."""
+    if row["kind"] != "bon":
         return str(row["agent"])
     return f"BoN({row['agent']}, {row['prm']}), N={row['n']}"
 
@@ -117,13 +122,15 @@ def _check_row(row: Any, where: str) -> None:
     if not isinstance(row, dict):
         raise SummaryError(f"{where}: expected an object, got {type(row).__name__}")
     _check_type(row, "agent", str, where)
-    _check_count(row, "iteration", where, minimum=0)
+    if row.get("iteration", 0) is not None:
+        _check_count(row, "iteration", where, minimum=0)
     _check_count(row, "n", where, minimum=1)
     _check_count(row, "episodes", where, minimum=0)
     if row.get("kind") not in KINDS:
         raise SummaryError(f"{where}.kind: expected one of {list(KINDS)}, got {row.get('kind')!r}")
-    if row["kind"] == "policy" and (row["n"] != 1 or row.get("prm") is not None):
-        raise SummaryError(f"{where}: a policy row has n=1 and prm=null, got n={row['n']}, prm={row.get('prm')!r}")
+    if row["kind"] in SINGLE_KINDS and (row["n"] != 1 or row.get("prm") is not None):
+        raise SummaryError(f"{where}: a {row['kind']} row has n=1 and prm=null, got n={row['n']}, "
+                           f"prm={row.get('prm')!r}")
     if row["kind"] == "bon" and not (isinstance(row.get("prm"), str) and row["prm"]):
         raise SummaryError(f"{where}.prm: a bon row names its PRM (e.g. 'Q_0'), got {row.get('prm')!r}")
     _check_fraction(row.get("success"), f"{where}.success")
@@ -216,6 +223,7 @@ def _series(rows: Sequence[Mapping[str, Any]], key: Any) -> dict[Any, list[Mappi
 def plot_success_per_iteration(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     """Success (%) per iteration: the policy and each Best-of-N size, with Wilson 95% error bars."""
     figure, axes = _new_axes()
+    rows = [r for r in rows if r.get("iteration") is not None and r["kind"] in ("policy", "bon")]
     groups = _series(rows, lambda r: (KINDS.index(r["kind"]), r["n"]))
     for (kind, n), series in sorted(groups.items()):
         series = sorted(series, key=lambda r: r["iteration"])
@@ -250,8 +258,10 @@ def plot_best_of_n_curve(curve_rows: Sequence[Mapping[str, Any]], path: str | Pa
     return _save(figure, path)
 
 
-def plot_calibration(bins: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """Reliability diagram: mean predicted Q against the mean MC target per bin (marker area ~ bin count)."""
+def plot_calibration(bins: Sequence[Mapping[str, Any]], path: str | Path, title: str = "PRM calibration",
+                     ylabel: str = "MC target (mean per bin)") -> Path:
+    """Reliability diagram: mean predicted Q against the mean target per bin (marker area ~ bin count): the MC
+    target of the PRM's validation data, or the observed success of evaluation episodes."""
     needed = ("lo", "hi", "count", "mean_pred", "mean_target")
     for index, item in enumerate(bins):
         missing = [key for key in needed if key not in item]
@@ -264,8 +274,7 @@ def plot_calibration(bins: Sequence[Mapping[str, Any]], path: str | Path) -> Pat
     axes.plot([b["mean_pred"] for b in used], [b["mean_target"] for b in used], color="C0")
     axes.scatter([b["mean_pred"] for b in used], [b["mean_target"] for b in used],
                  s=[20 + 300 * b["count"] / total for b in used], color="C0", zorder=3, label="bins")
-    axes.set(xlabel="predicted Q (mean per bin)", ylabel="MC target (mean per bin)", xlim=(0, 1), ylim=(0, 1),
-             title="PRM calibration")
+    axes.set(xlabel="predicted Q (mean per bin)", ylabel=ylabel, xlim=(0, 1), ylim=(0, 1), title=title)
     axes.legend(loc="upper left")
     return _save(figure, path)
 
@@ -326,13 +335,18 @@ def plot_task_types(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path
 
 
 def results_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The Table-1-style markdown table: agent, success % (95% CI), mean actions, episodes, one column per type."""
+    """The Table-1-style markdown table: agent, (split, when rows come from several), success % (95% CI), mean
+    actions, episodes, one column per task type."""
     columns = task_type_columns(rows)
-    header = ["Agent", "Success % (95% CI)", "Mean actions", "Episodes", *[name for _, name in columns]]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    splits = len({row.get("split") for row in rows}) > 1
+    header = ["Agent", *(["Split"] if splits else []), "Success % (95% CI)", "Mean actions", "Episodes",
+              *[name for _, name in columns]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * (1 + splits) + ["---:"] * (len(header) - 1
+                                                                                              - splits)) + "|"]
     for row in rows:
         lo, hi = row["ci95"]
-        cells = [row_label(row), f"{100 * row['success']:.1f} ({100 * lo:.1f}–{100 * hi:.1f})",
+        cells = [row_label(row), *([str(row.get("split", ""))] if splits else []),
+                 f"{100 * row['success']:.1f} ({100 * lo:.1f}–{100 * hi:.1f})",
                  f"{row['mean_actions']:.1f}", str(row["episodes"])]
         cells += [f"{100 * row['by_task_type'][t]:.1f}" if t in row["by_task_type"] else "–" for t, _ in columns]
         lines.append("| " + " | ".join(cells) + " |")
@@ -347,7 +361,7 @@ def headline_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
         if row["kind"] == "bon":
             counts[row["n"]] = counts.get(row["n"], 0) + 1
     main_n = max(counts, key=lambda n: (counts[n], n)) if counts else None
-    return [row for row in rows if row["kind"] == "policy" or row["n"] == main_n]
+    return [row for row in rows if row["kind"] != "bon" or row["n"] == main_n]
 
 
 def _has_curve(rows: Sequence[Mapping[str, Any]]) -> bool:
@@ -360,34 +374,37 @@ def _has_curve(rows: Sequence[Mapping[str, Any]]) -> bool:
     return any(len(ns) > 1 for ns in sizes.values())
 
 
-def write_plots(run_dir: str | Path, summary: Mapping[str, Any]) -> list[Path]:
-    """Draw the plots that ``summary`` supports into ``RUN/plots``: per iteration, per task type, BoN curve."""
+def write_plots(run_dir: str | Path, summary: Mapping[str, Any], split: str | None = None) -> list[Path]:
+    """Draw the plots that ``summary`` supports into ``RUN/plots``: per iteration (when rows are iterations of a
+    run), per task type, BoN curve; with ``split``, only that split's rows."""
     plots = Path(run_dir) / "plots"
-    rows = summary["rows"]
+    rows = [row for row in summary["rows"] if split is None or row.get("split", split) == split]
     if not rows:
         return []
     headline = headline_rows(rows)
-    written = [plot_success_per_iteration(headline, plots / "success_per_iteration.png"),
-               plot_task_types(headline, plots / "task_types.png")]
+    written = [plot_task_types(headline, plots / "task_types.png")]
+    if any(row.get("iteration") is not None for row in rows):
+        written.append(plot_success_per_iteration(headline, plots / "success_per_iteration.png"))
     if _has_curve(rows):
         written.append(plot_best_of_n_curve(rows, plots / "best_of_n.png"))
     return written
 
 
 def write_report(run_dir: str | Path, summary: Mapping[str, Any] | str | Path,
-                 extra_sections: Mapping[str, str] | None = None) -> Path:
+                 extra_sections: Mapping[str, str] | None = None, plot_split: str | None = None) -> Path:
     """Write ``RUN/report.md`` (and the summary's plots); returns its path.
 
     ``summary`` is a summary dict or the path of a ``summary.json``. Every PNG in ``RUN/plots`` is embedded by
     relative path, including plots other stages wrote there (``calibration.png``, ...). ``extra_sections`` maps a
-    section title to its markdown body (command lines, run time, ...), appended in order.
+    section title to its markdown body (command lines, run time, ...), appended in order. ``plot_split``: plot only
+    that split's rows (evaluations over several splits).
     """
     run_dir = Path(run_dir)
     if isinstance(summary, (str, Path)):
         summary = read_summary(summary)
     else:
         validate_summary(summary)
-    write_plots(run_dir, summary)
+    write_plots(run_dir, summary, plot_split)
     lines = ["# agentprm results", "",
              f"Environment `{summary['env']}`, split `{summary['split']}`: {summary['eval_games']} evaluation games, "
              f"at most {summary['max_steps']} actions per game. Success with a Wilson 95% interval.", "",

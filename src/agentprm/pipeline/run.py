@@ -71,7 +71,11 @@ class RunContext:
 
 
 def prepare_run_dir(config: RunConfig, run_dir: Path) -> None:
-    """Write the resolved config; refuse a run directory whose config differs (its stages would not match)."""
+    """Write the resolved config; refuse a run directory whose config differs (its stages would not match) or that
+    an incompatible version wrote."""
+    from agentprm.pipeline.stages import check_run_format
+
+    check_run_format(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = yaml.safe_dump(to_dict(config), sort_keys=True)
     path = run_dir / "config.yaml"

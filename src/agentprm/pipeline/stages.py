@@ -55,11 +55,38 @@ def versions() -> dict[str, str]:
     return found
 
 
+RUN_FORMAT = 1  # the layout of run and evaluation folders; bump it when a reader could misread an older one
+
+
+class IncompatibleRunError(ValueError):
+    """A run or evaluation folder written in a layout this version cannot read."""
+
+
+def check_run_format(folder: Path) -> None:
+    """Refuse a folder whose ``manifest.json`` declares a newer layout than :data:`RUN_FORMAT` (or is unreadable).
+    Folders written before the format was recorded are format 1."""
+    path = Path(folder) / "manifest.json"
+    if not path.is_file():
+        return
+    try:
+        manifest = json.loads(path.read_text())
+        found = manifest.get("format", 1)
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        raise IncompatibleRunError(f"{path} is not a readable manifest; the folder may be damaged") from None
+    if not isinstance(found, int) or isinstance(found, bool) or not 1 <= found <= RUN_FORMAT:
+        written_by = manifest.get("versions", {}).get("agentprm", "an unknown version")
+        raise IncompatibleRunError(
+            f"{folder} was written by agentprm {written_by} in folder format {found!r}; this agentprm reads format "
+            f"{RUN_FORMAT}: use the agentprm version that wrote it, or run it again")
+
+
 def write_manifest(run_dir: Path, seed: int, started: float, finished: float | None) -> None:
-    """``manifest.json``: versions, seed, host and times; ``started`` is kept from the first invocation."""
+    """``manifest.json``: folder format, versions, seed, host and times; ``started`` is kept from the first
+    invocation."""
     path = run_dir / "manifest.json"
     previous = json.loads(path.read_text()) if path.is_file() else {}
     manifest = {
+        "format": RUN_FORMAT,
         "versions": versions(),
         "seed": seed,
         "host": socket.gethostname(),
