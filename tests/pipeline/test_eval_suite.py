@@ -230,3 +230,31 @@ def test_folders_of_an_incompatible_version_are_refused(evaluation, tmp_path):
     (old / "summary.json").write_text(json.dumps({**summary, "schema_version": 0}))
     done = cli("compare", old)
     assert done.returncode == 2 and "incompatible agentprm version (schema_version 0" in done.stderr
+
+
+def test_an_api_model_behind_a_real_server_plays_with_the_papers_prompt(alfworld_root, chat_server, tmp_path):
+    from agentprm.models.parser import parse_response
+    from agentprm.models.prompts import PromptConfig, PromptState, render_plain
+
+    root, _ = alfworld_root
+    base_url, model = chat_server
+    config = {"games": {"root": str(root)}, "eval_games": 2, "max_steps": 2, "num_envs": 2, "agents": [
+        {"kind": "api", "name": "smollm2", "api": {"base_url": base_url, "model": model, "max_tokens": 40,
+                                                   "concurrency": 2, "price_input_per_mtok": 1.0}}]}
+    summary = evaluate_suite(load_config(EvalConfig, config), tmp_path / "out", log=lambda _: None)
+    (row,) = summary["rows"]
+    assert (row["agent"], row["kind"], row["n"], row["prm"], row["episodes"]) == ("smollm2", "api", 1, None, 2)
+    played = episodes(tmp_path / "out", "unseen", "smollm2")
+    steps = sum(len(e.steps) for e in played)
+    usage = row["usage"]
+    assert usage["requests"] == steps and usage["retries"] == 0
+    assert usage["prompt_tokens"] == sum(s.extras["prompt_tokens"] for e in played for s in e.steps) > 100 * steps
+    assert usage["cost"] == pytest.approx(usage["prompt_tokens"] / 1e6)
+    paper_prompt = PromptConfig(template="reason_action")
+    for episode in played:
+        for t, step in enumerate(episode.steps):
+            state = PromptState.from_trajectory(episode, t)
+            assert step.extras["prompt"] == render_plain(state, paper_prompt).removesuffix("\n")
+            parsed = parse_response(step.response, state.admissible_actions, "reason_action")
+            assert step.action == parsed.action and step.extras["parsable"] == parsed.parsable
+    assert "## API usage" in (tmp_path / "out" / "report.md").read_text()
