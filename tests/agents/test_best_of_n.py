@@ -152,6 +152,16 @@ def test_prm_preference_wins_whenever_sampled_and_duplicates_are_scored_once(pol
     assert {prompt for prompt, _ in prm.pairs} <= expected_prompts
 
 
+def test_scoring_every_sample_costs_more_and_chooses_the_same(policy, games, pool):
+    deduped, naive = PreferHelp(), PreferHelp()
+    fast = play(pool, BestOfNAgent(policy, deduped, n=8, temperature=1.0, seed=2), games, max_steps=4)
+    agent = BestOfNAgent(policy, naive, n=8, temperature=1.0, seed=2, score_duplicates=True)
+    slow = play(pool, agent, games, max_steps=4)
+    assert fast == slow
+    turns = sum(len(actions) for actions in slow)
+    assert len(naive.pairs) == agent.prm_evaluations == 8 * turns > len(deduped.pairs)
+
+
 def test_zero_initialised_prm_ties_so_the_most_likely_sample_is_executed(policy, games, pool):
     prm = ProcessRewardModel.from_policy(policy)  # zero head: every Q is exactly 0.5
     agent = BestOfNAgent(policy, prm, n=4, temperature=1.0, seed=0)

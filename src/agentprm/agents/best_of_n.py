@@ -113,7 +113,9 @@ class BestOfNAgent:
     """BoN(policy, prm), callable as a runner policy: ``agent(batch) -> actions``.
 
     ``last_samples`` holds each slot's executed sample (text, token ids, log-prob), ``last_choices`` each slot's
-    N candidates with their scores and the chosen index, ``last_prompts`` each slot's policy prompt; ``prm_evaluations`` counts scored (prompt, response)
+    N candidates with their scores and the chosen index, ``last_prompts`` each slot's policy prompt;
+    ``score_duplicates=True`` scores every sample, duplicates and unanimous slots included (the naive cost the
+    benchmark compares against; the choices are the same); ``prm_evaluations`` counts scored (prompt, response)
     pairs and ``prm_calls`` batched ``prm.score`` calls since construction.
     """
 
@@ -124,6 +126,7 @@ class BestOfNAgent:
     prm_prompt: PromptConfig | None = None
     mode: str = "admissible"
     filter_admissible: bool = True
+    score_duplicates: bool = False
     temperature: float = 0.3
     top_p: float = 1.0
     max_new_tokens: int = 48
@@ -182,6 +185,9 @@ class BestOfNAgent:
         """Score every slot's distinct actions in one PRM call and copy each score to the action's duplicates."""
         jobs: list[tuple[int, int]] = []  # (slot position in batch, representative index)
         for position, (item, slot_candidates) in enumerate(zip(batch, candidates)):
+            if self.score_duplicates:
+                jobs.extend((position, i) for i in range(len(slot_candidates)))
+                continue
             chosen = representatives(slot_candidates, item.observation.admissible_actions, self.filter_admissible)
             if len(chosen) > 1:
                 jobs.extend((position, i) for i in chosen)
@@ -194,6 +200,9 @@ class BestOfNAgent:
         self.prm_calls += 1
         self.prm_evaluations += len(jobs)
         for (position, i), score in zip(jobs, scores):
+            if self.score_duplicates:
+                candidates[position][i].score = float(score)
+                continue
             action = candidates[position][i].action
             for candidate in candidates[position]:
                 if candidate.action == action:
