@@ -230,10 +230,11 @@ def cmd_stage(args) -> int:
 def cmd_eval(args) -> int:
     """``agentprm eval RUN --iteration i``: a run's evaluation stage; ``agentprm eval CONFIG``: an evaluation."""
     from agentprm.config import describe, load_config
-    from agentprm.pipeline.eval_suite import EvalConfig, evaluate_suite
+    from agentprm.pipeline.eval_suite import AgentSpec, EvalConfig, evaluate_suite
 
     if args.describe:
         print(describe(EvalConfig))
+        print(describe(AgentSpec, prefix="agents[]."))
         return 0
     if args.target and Path(args.target).is_dir():
         if args.overrides or args.out:
