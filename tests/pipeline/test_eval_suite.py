@@ -148,6 +148,19 @@ def test_rerun_resumes_only_the_missing_rows(evaluation):
     assert new == old  # the same seed replays the same episodes
 
 
+def test_worker_processes_give_the_same_episodes(evaluation, alfworld_root, sft_model, prm_model, tmp_path):
+    out, _, _ = evaluation
+    root, _ = alfworld_root
+    config = suite_config(root, sft_model, prm_model)
+    config.update(splits=["unseen"], workers=2, agents=[config["agents"][0], *config["agents"][2:]])
+    evaluate_suite(load_config(EvalConfig, config), tmp_path / "out", log=lambda _: None)
+    for label in ("sft", "random", "expert"):
+        here = {e.game_id: [(s.action, s.observation) for s in e.steps] for e in episodes(out, "unseen", label)}
+        there = {e.game_id: [(s.action, s.observation) for s in e.steps]
+                 for e in episodes(tmp_path / "out", "unseen", label)}
+        assert here == there, label
+
+
 def test_compare_and_show(evaluation, tmp_path):
     out, _, _ = evaluation
     other = tmp_path / "other"
