@@ -62,6 +62,37 @@ class EpisodeResult:
 Policy = Callable[[list[PolicyInput]], list[str]]
 
 
+class WorkerLost(EnvError):
+    """A pool lost some slots' environments with their worker and replaced it; ``results`` holds the answers of
+    the other slots of the request. ``run_episodes`` plays the lost slots' games again from the start."""
+
+    def __init__(self, message: str, slots: list[int], results: dict[int, Any]):
+        super().__init__(message)
+        self.slots, self.results = slots, results
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """Where environments run: ``backend`` local (this process or ``workers`` processes) or ray (``workers``
+    actors, default 2; ``address`` "" = a local Ray instance, "auto" = the running cluster, or an address)."""
+
+    workers: int = 0
+    backend: str = "local"
+    address: str = ""
+
+
+def open_pool(name: str, num_envs: int, workers: "int | PoolSpec" = 0, env_options: dict[str, Any] | None = None):
+    """An :class:`EnvPool` (local) or a ``RayEnvPool`` with the same interface, from a worker count or a spec."""
+    spec = workers if isinstance(workers, PoolSpec) else PoolSpec(int(workers))
+    if spec.backend == "ray":
+        from agentprm.envs.ray_pool import RayEnvPool
+
+        return RayEnvPool(name, num_envs, actors=spec.workers or 2, env_options=env_options, address=spec.address)
+    if spec.backend != "local":
+        raise EnvError(f"unknown worker backend {spec.backend!r}; expected local or ray")
+    return EnvPool(name, num_envs, workers=spec.workers, env_options=env_options)
+
+
 # -- the slots of one process ----------------------------------------------------------------------------------------
 
 
@@ -271,6 +302,8 @@ def run_episodes(
 
     An episode ends when the environment says done or after ``max_steps`` steps; its slot then takes the next game.
     ``on_episode`` is called as each episode finishes. ``need_expert`` fills ``PolicyInput.expert_action``.
+    When the pool reports :class:`WorkerLost`, the interrupted episodes are dropped (they were never reported) and
+    their games played again from the start on the replacement worker: each game is still reported exactly once.
     """
     if max_steps < 1:
         raise EnvError(f"max_steps must be >= 1, got {max_steps}")
@@ -285,24 +318,51 @@ def run_episodes(
         if on_episode is not None:
             on_episode(episode.result)
 
+    def restart(lost: Iterable[int]) -> None:
+        """Episodes whose environment died with its worker: their games go back to the front of the queue."""
+        for slot in sorted(lost, reverse=True):
+            episode = live.pop(slot, None)
+            if episode is not None:
+                queue.appendleft((episode.index, episode.result.game))
+
     def refill(slots: Iterable[int]) -> None:
-        assigned = {slot: queue.popleft() for slot in slots if queue}
-        observations = pool.reset({slot: game for slot, (_, game) in assigned.items()}) if assigned else {}
-        for slot, (index, game) in assigned.items():
-            live[slot] = _Live(index, EpisodeResult(game), observations[slot])
+        pending = list(slots)
+        while pending:
+            assigned = {slot: queue.popleft() for slot in pending if queue}
+            try:
+                observations = pool.reset({slot: game for slot, (_, game) in assigned.items()}) if assigned else {}
+            except WorkerLost as error:  # the pool replaced the worker: reset those slots again
+                observations = error.results
+                for slot in sorted(error.slots, reverse=True):
+                    queue.appendleft(assigned[slot])
+            for slot, (index, game) in assigned.items():
+                if slot in observations:
+                    live[slot] = _Live(index, EpisodeResult(game), observations[slot])
+            pending = [slot for slot in assigned if slot not in observations]
 
     refill(range(pool.num_envs))
     while live:
         slots = sorted(live)
-        experts = pool.expert_actions(slots) if need_expert else {}
+        try:
+            experts = pool.expert_actions(slots) if need_expert else {}
+        except WorkerLost as error:
+            restart(error.slots)
+            refill(error.slots)
+            continue
         actions = policy([_policy_input(slot, live[slot], experts.get(slot)) for slot in slots])
         if len(actions) != len(slots):
             raise EnvError(f"The policy returned {len(actions)} actions for {len(slots)} live episodes")
-        steps = pool.step(dict(zip(slots, actions)))
-        done = [slot for slot, action in zip(slots, actions) if _record(live[slot], action, steps[slot], max_steps)]
+        lost: list[int] = []
+        try:
+            steps = pool.step(dict(zip(slots, actions)))
+        except WorkerLost as error:
+            steps, lost = error.results, error.slots
+        done = [slot for slot, action in zip(slots, actions)
+                if slot not in lost and _record(live[slot], action, steps[slot], max_steps)]
+        restart(lost)
         for slot in done:
             finish(slot)
-        refill(done)
+        refill(done + list(lost))
     return results  # type: ignore[return-value]  # every game was played
 
 

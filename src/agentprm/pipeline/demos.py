@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from agentprm.data import TrajectoryWriter, read_trajectories
 from agentprm.envs.base import Game
-from agentprm.envs.runner import EnvPool, EpisodeResult, expert_policy, run_episodes
+from agentprm.envs.runner import EpisodeResult, PoolSpec, expert_policy, open_pool, run_episodes
 from agentprm.pipeline.episodes import episode_record
 from agentprm.pipeline.results import SuccessTable
 
@@ -24,7 +24,7 @@ def record_demos(
     out: str | Path,
     expert: str = "handcoded",
     max_steps: int = 50,
-    workers: int = 0,
+    workers: "int | PoolSpec" = 0,
     num_envs: int = 4,
     seed: int = 0,
     progress: bool = True,
@@ -45,8 +45,8 @@ def record_demos(
     env_options = {"expert": expert, "expert_seed": seed} if env_name == "alfworld" else {}
     out.parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(todo), desc=f"demos {env_name}", disable=not progress)
-    with TrajectoryWriter(out) as writer, EnvPool(env_name, min(num_envs, max(1, len(todo))), workers=workers,
-                                                  env_options=env_options) as pool:
+    with TrajectoryWriter(out) as writer, open_pool(env_name, min(num_envs, max(1, len(todo))), workers,
+                                                    env_options) as pool:
 
         def on_episode(result: EpisodeResult) -> None:
             record = episode_record(result, env_name, policy_id, seed, {"source": result.game.source})

@@ -39,7 +39,7 @@ import yaml
 from agentprm.config import ConfigError, load_config, to_dict
 from agentprm.models.api_client import ApiSettings
 from agentprm.models.prompts import PromptConfig
-from agentprm.pipeline.run_config import GamesSettings, RunConfig
+from agentprm.pipeline.run_config import GamesSettings, RaySettings, RunConfig, WorkerSettings, pool_spec, worker_count
 
 AGENT_KINDS = ("policy", "bon", "random", "expert", "api")
 EVAL_CONFIG = "eval.yaml"
@@ -84,7 +84,9 @@ class EvalConfig:
     record_prompts: bool = field(default=True, metadata={"help": "keep every step's prompt in the episode records"})
     calibration_bins: int = field(default=10, metadata={"help": "bins of the PRM calibration plot"})
     num_envs: int = field(default=16, metadata={"help": "episodes played at once"})
-    workers: int = field(default=0, metadata={"help": "environment worker processes (0 = in-process)"})
+    workers: int | WorkerSettings = field(default=0, metadata={
+        "help": "environment workers: a count of local processes (0 = in-process), or {count, backend: local | ray}"})
+    ray: RaySettings = field(default_factory=RaySettings, metadata={"help": "the Ray cluster (workers.backend: ray)"})
     seed: int = field(default=0, metadata={"help": "agent seed, the same for every agent"})
 
     def validate(self) -> None:
@@ -92,7 +94,7 @@ class EvalConfig:
             raise ValueError("agents: list at least one agent")
         if not self.splits or any(s not in ("train", "seen", "unseen") for s in self.splits):
             raise ValueError(f"splits must be a non-empty list of train, seen, unseen; got {self.splits}")
-        if self.max_steps < 1 or self.num_envs < 1 or self.workers < 0 or self.eval_games < 0:
+        if self.max_steps < 1 or self.num_envs < 1 or worker_count(self.workers) < 0 or self.eval_games < 0:
             raise ValueError("max_steps and num_envs must be >= 1, workers and eval_games >= 0")
         if not self.run and not self.games.root:
             raise ValueError("games.root: give a game folder (or `run`: a run directory)")
@@ -314,7 +316,8 @@ def evaluate_suite(config: EvalConfig, out: str | Path, log=print) -> dict:
                 agent, env_options = build_agent(item, n, prompt, config.seed, env)
                 usage_before = _usage(item)
                 evaluation = evaluate_policy(env, games, agent, label, max_steps=config.max_steps,
-                                             num_envs=config.num_envs, workers=config.workers, records=records,
+                                             num_envs=config.num_envs, workers=pool_spec(config.workers, config.ray),
+                                             records=records,
                                              seed=config.seed, record_prompts=config.record_prompts,
                                              need_expert=item.spec.kind == "expert", env_options=env_options)
                 row = _row(item, n, evaluation, summary_row)

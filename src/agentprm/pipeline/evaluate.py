@@ -19,7 +19,7 @@ from typing import Any
 
 from agentprm.data import TrajectoryWriter
 from agentprm.envs.base import Game
-from agentprm.envs.runner import EnvPool, EpisodeResult, Policy, PolicyInput, run_episodes
+from agentprm.envs.runner import EpisodeResult, Policy, PolicyInput, PoolSpec, open_pool, run_episodes
 from agentprm.pipeline.episodes import episode_record
 from agentprm.pipeline.results import SuccessTable, wilson_interval
 
@@ -102,7 +102,7 @@ def evaluate_policy(
     policy_id: str,
     max_steps: int = 30,
     num_envs: int = 16,
-    workers: int = 0,
+    workers: int | PoolSpec = 0,
     records: str | Path | None = None,
     seed: int = 0,
     record_prompts: bool = True,
@@ -127,7 +127,7 @@ def evaluate_policy(
 
     start = time.perf_counter()
     try:
-        with EnvPool(env_name, min(num_envs, max(1, len(games))), workers=workers, env_options=env_options) as pool:
+        with open_pool(env_name, min(num_envs, max(1, len(games))), workers, env_options) as pool:
             results = run_episodes(pool, games, log or policy, max_steps, on_episode=on_episode,
                                    need_expert=need_expert)
     finally:

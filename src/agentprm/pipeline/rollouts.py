@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from agentprm.data import TrajectoryRecord, TrajectoryWriter, read_trajectories
 from agentprm.envs.base import Game
-from agentprm.envs.runner import EnvPool, EpisodeResult, PolicyInput, run_episodes
+from agentprm.envs.runner import EpisodeResult, PolicyInput, PoolSpec, open_pool, run_episodes
 from agentprm.models.policy import Sample
 from agentprm.pipeline.episodes import episode_record
 
@@ -170,7 +170,7 @@ def collect_rollouts(
     policy_id: str,
     seed: int = 0,
     num_envs: int = 16,
-    workers: int = 0,
+    workers: "int | PoolSpec" = 0,
     progress: bool = True,
     prefixes: Mapping[int, Mapping[str, Sequence[str]]] | None = None,
     wrap_agent=None,
@@ -185,7 +185,7 @@ def collect_rollouts(
     out_dir.mkdir(parents=True, exist_ok=True)
     shards = []
     bar = tqdm(total=episodes_per_game * len(games), desc="rollouts", disable=not progress)
-    with EnvPool(env_name, min(num_envs, max(1, len(games))), workers=workers) as pool:
+    with open_pool(env_name, min(num_envs, max(1, len(games))), workers) as pool:
         for k in range(episodes_per_game):
             shard = out_dir / f"shard_{k:03d}.jsonl"
             shards.append(shard)

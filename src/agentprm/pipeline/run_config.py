@@ -14,6 +14,7 @@ from agentprm.algorithms.dpo_trainer import DPOConfig
 from agentprm.algorithms.prm_training import PRMTrainConfig
 from agentprm.algorithms.sft import SFTConfig
 from agentprm.algorithms.trajectory_dpo import TrajectoryDPOConfig
+from agentprm.envs.runner import PoolSpec
 from agentprm.models.prompts import PromptConfig
 
 
@@ -125,6 +126,33 @@ class MonitorSettings:
 
 
 @dataclass
+class WorkerSettings:
+    count: int = field(default=0, metadata={"help": "local: environment worker processes (0 = in-process); ray: "
+                                                    "environment actors (0 = 2)"})
+    backend: Literal["local", "ray"] = field(default="local", metadata={
+        "help": "local: this machine's processes; ray: Ray actors (rollouts and evaluation), the policy batched "
+                "in the driver"})
+
+
+@dataclass
+class RaySettings:
+    address: str = field(default="", metadata={"help": "Ray cluster (workers.backend: ray): '' starts a local "
+                                                       "instance, 'auto' joins the running one, or host:port / "
+                                                       "ray://host:10001"})
+
+
+def pool_spec(workers: "int | WorkerSettings", ray: RaySettings) -> PoolSpec:
+    """Where a stage's environments run, from the config's ``workers`` (a count, or count + backend)."""
+    if isinstance(workers, WorkerSettings):
+        return PoolSpec(workers.count, workers.backend, ray.address)
+    return PoolSpec(workers)
+
+
+def worker_count(workers: "int | WorkerSettings") -> int:
+    return workers.count if isinstance(workers, WorkerSettings) else workers
+
+
+@dataclass
 class RunConfig:
     games: GamesSettings = field(default_factory=GamesSettings, metadata={"help": "games and splits"})
     model: ModelSettings = field(default_factory=ModelSettings, metadata={"help": "the initial model"})
@@ -150,14 +178,20 @@ class RunConfig:
         "help": "reward-hacking monitor of online DPO (on when dpo.monitor_every > 0)"})
     eval: EvalSettings = field(default_factory=EvalSettings, metadata={"help": "evaluation protocol"})
     num_envs: int = field(default=16, metadata={"help": "games played at once (batch of the policy)"})
-    workers: int = field(default=0, metadata={"help": "environment worker processes (0 = in-process)"})
+    workers: int | WorkerSettings = field(default=0, metadata={
+        "help": "environment workers: a count of local processes (0 = in-process), or {count, backend: local | ray}"})
+    ray: RaySettings = field(default_factory=RaySettings, metadata={"help": "the Ray cluster (workers.backend: ray)"})
     seed: int = field(default=0, metadata={"help": "seed of every stage (each stage derives its own)"})
     progress: bool = field(default=True, metadata={"help": "progress bars"})
+
+    def pool(self) -> PoolSpec:
+        """Where the stages' environments run (``workers`` and ``ray``)."""
+        return pool_spec(self.workers, self.ray)
 
     def validate(self) -> None:
         if self.iterations < 0:
             raise ValueError("iterations must be >= 0")
-        if self.num_envs < 1 or self.workers < 0:
+        if self.num_envs < 1 or worker_count(self.workers) < 0:
             raise ValueError("num_envs must be >= 1 and workers >= 0")
         if self.rollouts.games < 0:
             raise ValueError("rollouts.games must be >= 0")

@@ -23,11 +23,12 @@ def _seed(ctx: RunContext, stage: str, iteration: int = 0) -> int:
 
 def generate(ctx: RunContext, out: Path) -> None:
     from agentprm.envs.alfworld_build import generate_games
+    from agentprm.pipeline.run_config import worker_count
 
     c = ctx.config.games
     generate_games(out, seed=c.seed, counts={"train": c.train, "valid_seen": c.seen, "valid_unseen": c.unseen},
                    task_types=c.task_types or None, max_receptacles=c.max_receptacles,
-                   workers=max(1, ctx.config.workers or 1), progress=ctx.config.progress)
+                   workers=max(1, worker_count(ctx.config.workers) or 1), progress=ctx.config.progress)
     # The game list resolves paths under RUN/games, which exists only after this stage's rename.
     ctx._games.clear()
 
@@ -40,7 +41,7 @@ def demos(ctx: RunContext, out: Path) -> None:
         games = games[: ctx.config.demos.count]
     table = record_demos(ctx.config.games.env, games, out / "demos.jsonl",
                          expert=ctx.config.demos.expert, max_steps=ctx.config.demos.max_steps,
-                         workers=ctx.config.workers, num_envs=ctx.config.num_envs, progress=ctx.config.progress)
+                         workers=ctx.config.pool(), num_envs=ctx.config.num_envs, progress=ctx.config.progress)
     ctx.log(table.render("expert demonstrations"))
 
 
@@ -110,7 +111,7 @@ def rollouts(ctx: RunContext, out: Path, iteration: int) -> None:
     seed = _seed(ctx, "rollouts", iteration)
     collect_rollouts(c.games.env, games, make_agent, out, c.rollouts.episodes_per_game,
                      c.rollouts.max_steps, policy_id=f"pi_{iteration - 1}", seed=seed,
-                     num_envs=c.num_envs, workers=c.workers, progress=c.progress,
+                     num_envs=c.num_envs, workers=c.pool(), progress=c.progress,
                      prefixes=reset_shards(ctx, games, seed),
                      wrap_agent=steer if c.rollouts.steer_fraction else None)
 
@@ -311,7 +312,7 @@ def monitor_validation(ctx: RunContext, val_states: list, seed: int):
         agent = PolicyAgent(policy, prompt=c.prompt, mode=c.policy.mode, temperature=c.eval.temperature,
                             max_new_tokens=c.policy.max_new_tokens, seed=seed)
         return evaluate_policy(c.games.env, games, agent, "monitor", max_steps=c.eval.max_steps,
-                               num_envs=c.num_envs, workers=c.workers, seed=seed).success
+                               num_envs=c.num_envs, workers=c.pool(), seed=seed).success
 
     return DPOValidation(states=picked, success=success)
 
@@ -387,7 +388,7 @@ def _evaluate(ctx: RunContext, out: Path, label: str, policy_iteration: int, prm
     seed = _seed(ctx, "eval", policy_iteration)
     agent = _agent(ctx, policy_iteration, prm_iteration, n, seed)
     evaluation = evaluate_policy(c.games.env, ctx.eval_games(), agent, label, max_steps=c.eval.max_steps,
-                                 num_envs=c.num_envs, workers=c.workers, records=out / f"{label}.jsonl", seed=seed)
+                                 num_envs=c.num_envs, workers=c.pool(), records=out / f"{label}.jsonl", seed=seed)
     kind = "policy" if prm_iteration is None else "bon"
     row = summary_row(f"pi_{policy_iteration}", policy_iteration, kind, 1 if prm_iteration is None else n,
                       None if prm_iteration is None else f"Q_{prm_iteration}", evaluation.table)
