@@ -1,12 +1,14 @@
 """Ablation table of the paper's directions and the outcome-only baselines, each one `agentprm run` of one config.
 
 Every variant is the base config (default ``configs/quickstart.yaml`` with ``--base-overrides``) plus its own
-overrides; it runs one iteration (pi_0 -> pi_1) with the same rollout budget. A base run is made first; the variants
-copy its games, demonstrations, initial model and pi_0 (stages whose settings every variant shares, so they would be
-rebuilt identically) and run the rest: rollouts, targets, PRM, policy step, evaluation. Reported per variant: pi_1
-success on the base's unseen evaluation games with its Wilson interval, the Best-of-N row when there is one, the
-environment steps of the rollouts (and the validation episodes the reward-hacking monitor played, if on), and the
-wall time of the variant's own stages.
+overrides; it runs one iteration (pi_0 -> pi_1) with the same rollout budget, or two for the ``*_2_iterations``
+variants (InversePRM after 1 and 2 iterations against AgentPRM at the same number of environment steps). A base run
+is made first; the variants copy its games, demonstrations, initial model and pi_0 (stages whose settings every
+variant shares, so they would be rebuilt identically) and run the rest: rollouts, targets, PRM, policy step,
+evaluation. A 2-iteration variant also copies iteration 1 of its 1-iteration variant (``REUSE``), identical stages.
+Reported per variant: pi_1 (and pi_2) success on the base's unseen evaluation games with Wilson intervals, the
+Best-of-N rows, the environment steps of all rollouts (and the validation episodes the reward-hacking monitor
+played, if on), and the wall time of the variant's own stages (copied stages count where they were run).
 
     PYTHONPATH=src python benchmarks/ablations.py --out /tmp/ablations \\
         --base-overrides games.unseen=60 games.seen=24 eval.bon_curve=[] \\
@@ -36,7 +38,10 @@ VARIANTS: dict[str, list[str]] = {
     "inverse_prm": ["algorithm=inverse_prm"],
     "rft": ["algorithm=rft"],
     "trajectory_dpo": ["algorithm=trajectory_dpo"],
+    "agentprm_2_iterations": ["iterations=2"],
+    "inverse_prm_2_iterations": ["algorithm=inverse_prm", "iterations=2"],
 }
+REUSE = {"agentprm_2_iterations": "agentprm", "inverse_prm_2_iterations": "inverse_prm"}  # iteration 1 is identical
 SHARED_STAGES = ("games", "demos", "model_init", "iter_0")
 
 
@@ -62,6 +67,7 @@ def rollout_steps(run_dir: Path) -> dict[str, int]:
 
 
 def own_seconds(run_dir: Path) -> float:
+    """Seconds of every stage after pi_0 (iteration >= 1 and the final evaluation)."""
     total = 0.0
     for stage in run_dir.glob("iter_*/*/stage.json"):
         if stage.parent.parent.name != "iter_0":
@@ -74,7 +80,9 @@ def variant_row(name: str, run_dir: Path, overrides: list[str]) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     rows = {(r["agent"], r["kind"], r["prm"], r["n"]): r for r in summary["rows"]}
     policy = rows[("pi_1", "policy", None, 1)]
-    bon = [r for key, r in rows.items() if key[0] == "pi_1" and key[1] == "bon"]
+    policies = {key[0]: {k: r[k] for k in ("success", "ci95", "episodes")} for key, r in rows.items()
+                if key[1] == "policy"}
+    bon = [r for key, r in rows.items() if key[0] != "pi_0" and key[1] == "bon"]
     monitor = {}
     dpo = run_dir / "iter_1" / "policy" / "dpo_summary.json"
     if dpo.is_file() and "monitor" in json.loads(dpo.read_text()):
@@ -82,6 +90,7 @@ def variant_row(name: str, run_dir: Path, overrides: list[str]) -> dict:
         monitor = {"readings": len(m["readings"]), "selected_step": m["selected_step"],
                    "hacking_warnings": m["hacking_warnings"]}
     return {"variant": name, "overrides": overrides, "pi_1": {k: policy[k] for k in ("success", "ci95", "episodes")},
+            "policies": policies,
             "bon": [{k: r[k] for k in ("agent", "prm", "n", "success", "ci95")} for r in bon],
             **rollout_steps(run_dir), "monitor": monitor, "seconds": own_seconds(run_dir)}
 
@@ -98,7 +107,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     base = args.out / "base"
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    print(f"base run: {run(args.config, base, args.base_overrides):.0f} s", flush=True)
+    if (base / "summary.json").is_file():  # a finished base is reused as it is (a rerun adds variants)
+        print(f"base run: {base} is complete", flush=True)
+    else:
+        print(f"base run: {run(args.config, base, args.base_overrides):.0f} s", flush=True)
     pi_0 = json.loads((base / "summary.json").read_text())["rows"][0]
     results = []
     for name in args.variants.split(","):
@@ -110,6 +122,9 @@ def main() -> None:
                 if (base / stage).exists() and not (target / stage).exists():
                     shutil.copytree(base / stage, target / stage,
                                     ignore=shutil.ignore_patterns("eval") if stage == "iter_0" else None)
+            first = args.out / REUSE.get(name, "") / "iter_1"
+            if name in REUSE and (first / "eval").is_dir() and not (target / "iter_1").exists():
+                shutil.copytree(first, target / "iter_1")
             if (base / "iter_0" / "eval").is_dir() and not (target / "iter_0" / "eval").exists():
                 shutil.copytree(base / "iter_0" / "eval", target / "iter_0" / "eval")
             try:
@@ -121,9 +136,9 @@ def main() -> None:
                 continue
         row = variant_row(name, target, overrides)
         results.append(row)
-        lo, hi = row["pi_1"]["ci95"]
-        print(f"{name:22s} pi_1 {100 * row['pi_1']['success']:5.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]  "
-              f"env steps {row['env_steps']:6d}  {row['seconds']:5.0f} s", flush=True)
+        shown = "  ".join(f"{agent} {100 * p['success']:5.1f}% [{100 * p['ci95'][0]:.1f}, {100 * p['ci95'][1]:.1f}]"
+                          for agent, p in row["policies"].items() if agent != "pi_0")
+        print(f"{name:26s} {shown}  env steps {row['env_steps']:6d}  {row['seconds']:5.0f} s", flush=True)
     report = {"command": " ".join(["python", "benchmarks/ablations.py", *sys.argv[1:]]), "started": started,
               "machine": machine_info(("agentprm", "torch", "transformers", "alfworld")),
               "load_average_end": load_average(), "config": args.config,
