@@ -55,6 +55,15 @@ def test_bad_config_names_the_key(data, message):
     assert message in str(error.value)
 
 
+def test_exponent_notation_is_a_number_although_yaml_reads_it_as_a_string(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: x\noptimizer:\n  lr: 1e-3\n")  # YAML 1.1: no dot, so the string '1e-3'
+    assert load_config(Stage, path, ["optimizer.lr=5E-4"]).optimizer.lr == 5e-4
+    assert load_config(Stage, path).optimizer.lr == 1e-3
+    with pytest.raises(ConfigError, match="optimizer.lr: expected a number, got '1e-3x'"):
+        load_config(Stage, path, ["optimizer.lr=1e-3x"])
+
+
 def test_missing_file_and_bad_override(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(Stage, tmp_path / "none.yaml")

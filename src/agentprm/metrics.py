@@ -13,14 +13,19 @@ from pathlib import Path
 
 
 class MetricsLogger:
-    """Append scalars for one stage of one iteration; ``tensorboard_dir`` adds an event file."""
+    """Append scalars for one stage of one iteration; ``tensorboard_dir`` adds an event file. ``enabled=False``
+    (every process but the main one of a multi-process trainer) writes nothing."""
 
-    def __init__(self, path: str | Path, stage: str, iteration: int = 0, tensorboard_dir: str | Path | None = None):
+    def __init__(self, path: str | Path, stage: str, iteration: int = 0, tensorboard_dir: str | Path | None = None,
+                 enabled: bool = True):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.stage, self.iteration = stage, iteration
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._file = None
         self._tensorboard = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")
         if tensorboard_dir is not None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -30,6 +35,8 @@ class MetricsLogger:
                 self._tensorboard = SummaryWriter(str(tensorboard_dir))
 
     def log(self, step: int, **values: float) -> None:
+        if self._file is None:
+            return
         now = time.time()
         for name, value in values.items():
             value = float(value)
@@ -41,6 +48,8 @@ class MetricsLogger:
         self._file.flush()
 
     def close(self) -> None:
+        if self._file is None:
+            return
         self._file.close()
         if self._tensorboard is not None:
             self._tensorboard.close()

@@ -129,7 +129,8 @@ def train_inverse_prm(config: PRMTrainConfig, transitions: list[InverseTransitio
 
     own_metrics = metrics is None
     if own_metrics:
-        metrics = MetricsLogger(out / "metrics.jsonl", "prm", iteration=iteration, tensorboard_dir=out / "tensorboard")
+        metrics = MetricsLogger(out / "metrics.jsonl", "prm", iteration=iteration, tensorboard_dir=out / "tensorboard",
+                                enabled=accelerator.is_main_process)
 
     def micro_batch_loss(module: torch.nn.Module, batch: list[int]) -> torch.Tensor:
         rows = [row for row, k in enumerate(batch) if following[k] is not None]  # positions with a next state

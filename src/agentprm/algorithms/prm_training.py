@@ -27,6 +27,8 @@ pipeline stage that is redone whole when interrupted.
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import math
 import os
@@ -40,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from agentprm.algorithms.mc_targets import QTarget, state_from_target, state_key, target_histogram
-from agentprm.algorithms.sft import batch_order, lr_lambda
+from agentprm.algorithms.sft import batch_order, lr_lambda, process_share
 from agentprm.metrics import MetricsLogger
 from agentprm.models.policy import encode_prompts, encode_responses, eval_no_grad, left_pad, tokenizer_adds_bos
 from agentprm.models.prompts import PromptConfig, render_prompt
@@ -362,7 +364,8 @@ def train_prm(config: PRMTrainConfig, targets: list[QTarget], init_model_path: s
 
     own_metrics = metrics is None
     if own_metrics:
-        metrics = MetricsLogger(out / "metrics.jsonl", "prm", iteration=iteration, tensorboard_dir=out / "tensorboard")
+        metrics = MetricsLogger(out / "metrics.jsonl", "prm", iteration=iteration, tensorboard_dir=out / "tensorboard",
+                                enabled=accelerator.is_main_process)
 
     def micro_batch_loss(module: torch.nn.Module, batch: list[int]) -> torch.Tensor:
         return _loss(module, items, batch, train_seqs, train_q, config.loss, prm.pad_id, device)
@@ -412,14 +415,14 @@ def fit_prm_module(config: PRMTrainConfig, prm: Any, accelerator: Any, num_items
                                   weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_lambda(s, config.warmup_steps, total_steps, config.min_lr_ratio))
-    module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
+    # The scheduler stays outside accelerate, which would step it once per process: one step per optimiser step.
+    module, optimizer = accelerator.prepare(module, optimizer)
     losses: list[float] = []
     module.train()
     for step in tqdm(range(1, total_steps + 1), desc=desc, disable=not config.progress):
         epoch, within = divmod(step - 1, steps_per_epoch)
         window = batch_order(num_items, config.batch_size, config.seed, epoch, lengths)
         window = window[within * config.grad_accum: (within + 1) * config.grad_accum]
-        window = window[accelerator.process_index:: accelerator.num_processes] or window[:1]
         losses.append(_optimiser_step(window, lambda batch: micro_batch_loss(module, batch), module, optimizer,
                                       scheduler, accelerator, config.max_grad_norm))
         metrics.log(step, loss=losses[-1], lr=scheduler.get_last_lr()[0])
@@ -429,18 +432,28 @@ def fit_prm_module(config: PRMTrainConfig, prm: Any, accelerator: Any, num_items
 
 
 def _optimiser_step(window, micro_batch_loss, module, optimizer, scheduler, accelerator, max_grad_norm) -> float:
-    """One update over the micro-batches of ``window``; returns the window's mean loss."""
-    window_size, loss_sum = sum(len(batch) for batch in window), 0.0
-    for batch in window:
-        loss = micro_batch_loss(batch)
-        accelerator.backward(loss * len(batch) / window_size)  # window mean = one large batch's mean
-        loss_sum += loss.item() * len(batch)
+    """One update over the micro-batches of ``window``; returns the window's mean loss.
+
+    The window is split over the processes (:func:`process_share`). Each micro-batch b contributes
+    ``loss_b * |b| * P / |window|`` to its process's backward pass; DDP averages gradients over the P processes, so
+    the update is that of the window's mean loss, exactly as one process would compute it over the whole window."""
+    window_size = sum(len(batch) for batch in window)
+    share, factor = process_share(window, accelerator)
+    scale = factor * accelerator.num_processes / window_size
+    loss_sum = torch.zeros((), device=accelerator.device)
+    for index, batch in enumerate(share):
+        sync = index == len(share) - 1
+        with contextlib.nullcontext() if sync else accelerator.no_sync(module):
+            loss = micro_batch_loss(batch)
+            accelerator.backward(loss * len(batch) * scale)  # window mean = one large batch's mean
+        loss_sum += loss.detach() * len(batch) * factor
+    loss_sum = accelerator.reduce(loss_sum, reduction="sum") if accelerator.num_processes > 1 else loss_sum
     if max_grad_norm > 0:
         accelerator.clip_grad_norm_(module.parameters(), max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss_sum / window_size
+    return float(loss_sum) / window_size
 
 
 def _write_outputs(out: Path, prm: Any, config: PRMTrainConfig, report: dict, summary: dict,
@@ -455,3 +468,35 @@ def _write_outputs(out: Path, prm: Any, config: PRMTrainConfig, report: dict, su
     tmp.write_text("".join(line + "\n" for line in lines))
     os.replace(tmp, out / "val_predictions.jsonl")
     _write_json_atomic(out / "prm_summary.json", summary)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Train a PRM from a targets Parquet file outside a run, e.g. on several processes::
+
+        accelerate launch --config_file configs/accelerate/ddp.yaml -m agentprm.algorithms.prm_training \\
+            RUN/iter_1/targets/targets.parquet RUN/iter_0/policy/model OUT lr=1e-5 batch_size=32
+
+    ``key=value`` overrides set :class:`PRMTrainConfig` fields; ``--template`` the prompt template the policy uses.
+    """
+    import argparse
+
+    from agentprm.algorithms.mc_targets import targets_from_parquet
+    from agentprm.config import load_config
+
+    parser = argparse.ArgumentParser(prog="python -m agentprm.algorithms.prm_training", description=main.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("targets", help="targets Parquet file (a run's iter_i/targets/targets.parquet)")
+    parser.add_argument("model", help="initial model: a policy checkpoint (the PRM gets a new scalar head)")
+    parser.add_argument("out", help="output folder (model/, validation.json, prm_summary.json, metrics.jsonl)")
+    parser.add_argument("overrides", nargs="*", help="PRMTrainConfig key=value overrides")
+    parser.add_argument("--template", default="action_only", help="prompt template (action_only, reason_action)")
+    args = parser.parse_args(argv)
+    config = load_config(PRMTrainConfig, {}, args.overrides)
+    summary = train_prm(config, targets_from_parquet(args.targets), args.model, args.out,
+                        PromptConfig(template=args.template))
+    print(json.dumps({k: v for k, v in summary.items() if isinstance(v, (int, float, str))}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

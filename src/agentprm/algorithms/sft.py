@@ -217,12 +217,14 @@ def train_sft(config: SFTConfig, stop_after: int | None = None) -> dict:
                                   weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_lambda(s, config.warmup_steps, total_steps, config.min_lr_ratio))
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # The scheduler stays outside accelerate, which would step it once per process: one step per optimiser step.
+    model, optimizer = accelerator.prepare(model, optimizer)
 
     # -- resume ------------------------------------------------------------------------------------------------------
     step = _resume(out / "checkpoint", accelerator, model, optimizer, scheduler)
     pad_id = tokenizer.pad_token_id
-    metrics = MetricsLogger(out / "metrics.jsonl", "sft", tensorboard_dir=out / "tensorboard")
+    metrics = MetricsLogger(out / "metrics.jsonl", "sft", tensorboard_dir=out / "tensorboard",
+                            enabled=accelerator.is_main_process)
     bar = tqdm(total=total_steps, initial=step, desc="sft", disable=not config.progress)
     start_time, tokens_seen, steps_this_call = time.perf_counter(), 0, 0
     model.train()
@@ -231,20 +233,24 @@ def train_sft(config: SFTConfig, stop_after: int | None = None) -> dict:
         epoch, within = divmod(step, steps_per_epoch)
         batches = batch_order(len(train), config.batch_size, config.seed, epoch, lengths)
         window = batches[within * config.grad_accum: (within + 1) * config.grad_accum]
-        window = window[accelerator.process_index:: accelerator.num_processes] or window[:1]
-        collated = [collate([train[i] for i in ids], pad_id) for ids in window]
-        window_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in collated)
-        loss_sum = 0.0
+        # The loss is the window's token mean however the window is split over processes: each process scales its
+        # summed NLL by P / (the whole window's response tokens) and DDP averages the P gradients.
+        window_tokens = sum(len(train[i].response_ids) for ids in window for i in ids)
+        share, factor = process_share(window, accelerator)
+        collated = [collate([train[i] for i in ids], pad_id) for ids in share]
+        loss_sum = torch.zeros((), device=accelerator.device)
         for index, batch in enumerate(collated):
             sync = index == len(collated) - 1
             context = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
             with context, accelerator.autocast():
                 logits = model(input_ids=batch["input_ids"].to(accelerator.device)).logits
                 nll, _ = response_nll(logits, batch["labels"].to(accelerator.device))
-                loss = nll / window_tokens
+                loss = nll * factor * accelerator.num_processes / window_tokens
                 accelerator.backward(loss)
-            loss_sum += nll.item()
+            loss_sum += nll.detach() * factor
             tokens_seen += int(batch["input_ids"].numel())
+        if accelerator.num_processes > 1:
+            loss_sum = accelerator.reduce(loss_sum, reduction="sum")
         if config.max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()
@@ -255,7 +261,7 @@ def train_sft(config: SFTConfig, stop_after: int | None = None) -> dict:
         bar.update(1)
 
         # -- logging, validation, checkpoints ------------------------------------------------------------------------
-        metrics.log(step, loss=loss_sum / max(window_tokens, 1), lr=scheduler.get_last_lr()[0],
+        metrics.log(step, loss=float(loss_sum) / max(window_tokens, 1), lr=scheduler.get_last_lr()[0],
                     tokens_per_s=tokens_seen / max(time.perf_counter() - start_time, 1e-9))
         if step % config.eval_every == 0 or step == total_steps:
             metrics.log(step, val_loss=evaluate(model, val, config.batch_size, pad_id))
@@ -270,10 +276,19 @@ def train_sft(config: SFTConfig, stop_after: int | None = None) -> dict:
                "train_loss": evaluate(model, train[:256], config.batch_size, pad_id),
                "val_loss": evaluate(model, val, config.batch_size, pad_id),
                "tokens_per_s": tokens_seen / max(time.perf_counter() - start_time, 1e-9)}
-    if step >= total_steps:
+    if step >= total_steps and accelerator.is_main_process:
         _save_final(out / "model", accelerator.unwrap_model(model), tokenizer, config)
         (out / "sft_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    accelerator.wait_for_everyone()
     return summary
+
+
+def process_share(window: list, accelerator) -> tuple[list, float]:
+    """This process's micro-batches of an optimiser step's ``window`` (every ``num_processes``-th one) and the factor
+    its summed loss is multiplied by. A process left without a micro-batch (a short last window) still runs one with
+    factor 0, so every process takes part in the gradient all-reduce."""
+    share = window[accelerator.process_index:: accelerator.num_processes]
+    return (share, 1.0) if share else (window[:1], 0.0)
 
 
 def _save_checkpoint(folder: Path, accelerator, model, optimizer, scheduler, step: int) -> None:
