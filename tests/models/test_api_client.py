@@ -178,3 +178,65 @@ def test_settings_are_checked_by_name():
         ApiSettings(base_url="127.0.0.1:8000", model="m").check_settings()
     with pytest.raises(ValueError, match="api.model is required"):
         ApiSettings(base_url="http://127.0.0.1:8000/v1").check_settings()
+
+
+# -- the policy's sampling on a server -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_served_policy_plays_in_free_mode_and_the_server_switches_checkpoints(model_server, sft_model, tiny_model,
+                                                                                 alfworld_root):
+    import math
+
+    from agentprm.agents.policy_agent import PolicyAgent
+    from agentprm.envs.registry import list_games
+    from agentprm.envs.runner import EnvPool, run_episodes
+    from agentprm.models.policy import Policy, encode_prompts
+    from agentprm.models.server_policy import ServerPolicy
+
+    root, _ = alfworld_root
+    games = list_games("alfworld", "unseen", root=str(root))[:2]
+    served = ServerPolicy.for_checkpoint(model_server, str(sft_model), max_tokens=16, concurrency=2)
+    local = Policy.from_pretrained(sft_model)
+    agent = PolicyAgent(served, mode="free", temperature=1.0, max_new_tokens=12, seed=0)
+    seen = []
+
+    def policy(batch):
+        actions = agent(batch)
+        seen.extend((agent.last_prompts[item.slot], agent.last_samples[item.slot]) for item in batch)
+        return actions
+
+    with EnvPool("alfworld", 2) as pool:
+        results = run_episodes(pool, games, policy, max_steps=3)
+    assert [r.steps for r in results] == [3, 3] and len(seen) == 6
+    for prompt, sample in seen:  # ids from the tokenizer, log-prob from the local teacher-forced pass
+        ids = served.tokenizer(sample.text, add_special_tokens=False)["input_ids"]
+        assert sample.token_ids == ids + ([served.eos_id] if sample.finished else [])
+        expected = local.sequence_logprobs([(encode_prompts(local.tokenizer, [prompt])[0], sample.token_ids)])[0]
+        assert math.isfinite(sample.logprob) and sample.logprob == pytest.approx(expected, abs=1e-4)
+    # The next iteration's checkpoint is another folder: the server loads it on first use.
+    other = ServerPolicy.for_checkpoint(model_server, str(tiny_model), score_locally=False, max_tokens=4)
+    (samples,) = other.generate(["Task: look around.\nACTION:\n"], n=2, temperature=1.0, max_new_tokens=4, seed=1)
+    assert len(samples) == 2 and all(math.isnan(s.logprob) for s in samples)  # no scorer, no server log-probs
+    assert {str(sft_model), str(tiny_model)} <= set(served.client.check())
+
+
+def test_server_token_ids_and_log_probabilities_are_used_when_returned(serve, tiny_model):
+    from transformers import AutoTokenizer
+
+    from agentprm.models.server_policy import ServerPolicy
+
+    choice = {"text": "go to desk 1", "finish_reason": "stop",
+              "logprobs": {"tokens": ["token_id:5", "token_id:9", "token_id:2"], "token_logprobs": [-0.5, -1.0, -0.25]}}
+    base_url, script = serve((200, {}, json.dumps({"choices": [choice, {**choice, "finish_reason": "length"}]}), 0))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    served = ServerPolicy(ApiSettings(base_url=base_url, model="pi_1"), tokenizer, token_ids=True)
+    (samples,) = served.generate(["prompt"], n=2, temperature=0.7, top_p=0.9, max_new_tokens=8, seed=4)
+    assert [(s.text, s.token_ids, s.logprob, s.finished) for s in samples] == [
+        ("go to desk 1", [5, 9, 2], -1.75, True), ("go to desk 1", [5, 9, 2], -1.75, False)]
+    method, path, _, body = script.requests[0]
+    assert (method, path) == ("POST", "/v1/completions")
+    assert json.loads(body) == {"model": "pi_1", "prompt": "prompt", "n": 2, "temperature": 0.7, "top_p": 0.9,
+                                "max_tokens": 8, "seed": 4, "logprobs": 0, "return_tokens_as_token_ids": True}
+    with pytest.raises(NotImplementedError, match="policy.mode: free"):
+        served.sample_admissible(["prompt"], [["look"]])

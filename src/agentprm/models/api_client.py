@@ -159,6 +159,29 @@ class ChatClient:
             self.usage.seconds += seconds
         return ChatReply(text, prompt_tokens, completion_tokens, finish, seconds, attempts)
 
+    def post(self, path: str, payload: dict) -> dict:
+        """``POST {base_url}{path}`` with a JSON payload and the same retries; the decoded JSON object (a body that
+        is not a JSON object raises :class:`EndpointError`). Counts a request and its usage like :meth:`chat`."""
+        url = self.settings.base_url.rstrip("/") + path
+        request = urllib.request.Request(url, data=json.dumps(payload).encode("utf-8"), headers=self._headers(),
+                                         method="POST")
+        started = time.perf_counter()
+        body, attempts = self._request(request)
+        try:
+            data = json.loads(body)
+        except json.JSONDecodeError:
+            data = None
+        if not isinstance(data, dict):
+            raise EndpointError(f"{url} answered with something that is not a JSON object: {body[:200]!r}")
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        with self._lock:
+            self.usage.requests += 1
+            self.usage.retries += attempts - 1
+            self.usage.prompt_tokens += _count(usage.get("prompt_tokens"))
+            self.usage.completion_tokens += _count(usage.get("completion_tokens"))
+            self.usage.seconds += time.perf_counter() - started
+        return data
+
     def _request(self, request: urllib.request.Request) -> tuple[str, int]:
         """(response body, attempts used); retries what a retry can fix, raises EndpointError otherwise."""
         s = self.settings

@@ -59,6 +59,12 @@ class PolicySettings:
         default="admissible", metadata={"help": "admissible: sample among admissible actions by likelihood "
                                                 "(small models); free: free generation + parser (large models)"})
     max_new_tokens: int = field(default=48, metadata={"help": "free-generation cap"})
+    server_url: str = field(default="", metadata={
+        "help": "rollouts sample from this OpenAI-compatible server (vLLM, SGLang, transformers serve; base URL "
+                "ending in /v1) instead of the local model; it must read pi_{i-1}'s checkpoint folder, named as the "
+                "request's model; needs mode: free"})
+    server_token_ids: bool = field(default=False, metadata={
+        "help": "ask the server for sampled token ids and log-probs (vLLM's return_tokens_as_token_ids)"})
 
 
 @dataclass
@@ -208,6 +214,8 @@ class RunConfig:
             raise ValueError("rollouts.steer_fraction > 0 needs a non-empty rollouts.hint")
         if not 0.0 <= self.rollouts.reset_fraction <= 1.0:
             raise ValueError(f"rollouts.reset_fraction must be in [0, 1], got {self.rollouts.reset_fraction}")
+        if self.policy.server_url and self.policy.mode != "free":
+            raise ValueError("policy.server_url needs policy.mode: free (servers do not score admissible actions)")
         if self.model.source == "path" and not self.model.path:
             raise ValueError("model.path is required when model.source is 'path'")
         if self.dpo.monitor_every > 0:

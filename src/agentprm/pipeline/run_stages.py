@@ -93,7 +93,14 @@ def rollouts(ctx: RunContext, out: Path, iteration: int) -> None:
     from agentprm.pipeline.rollouts import collect_rollouts
 
     c = ctx.config
-    policy = Policy.from_pretrained(ctx.policy_path(iteration - 1))
+    if c.policy.server_url:  # sampled by an inference server; log-probs from it or from the local copy
+        from agentprm.models.server_policy import ServerPolicy
+
+        policy = ServerPolicy.for_checkpoint(c.policy.server_url, str(ctx.policy_path(iteration - 1).resolve()),
+                                             token_ids=c.policy.server_token_ids,
+                                             max_tokens=c.policy.max_new_tokens, concurrency=c.num_envs)
+    else:
+        policy = Policy.from_pretrained(ctx.policy_path(iteration - 1))
 
     def make_agent(seed: int) -> PolicyAgent:
         return PolicyAgent(policy, prompt=c.prompt, mode=c.policy.mode, temperature=c.rollouts.temperature,
