@@ -182,8 +182,8 @@ def cmd_sft(args) -> int:
     return 0
 
 
-def _config_and_overrides(args) -> tuple[str | None, list[str]]:
-    config_path, overrides = args.config, list(args.overrides)
+def _config_and_overrides(args, first: str | None = None) -> tuple[str | None, list[str]]:
+    config_path, overrides = first if first is not None else args.config, list(args.overrides)
     if config_path and "=" in config_path:  # no YAML file: the first positional is already an override
         config_path, overrides = None, [config_path] + overrides
     return config_path, overrides
@@ -245,9 +245,8 @@ def cmd_eval(args) -> int:
     if args.iteration is not None or args.redo:
         raise EnvError("--iteration and --redo apply to a run directory's eval stage; "
                        f"{args.target!r} is not a directory")
-    config_path, overrides = args.target, list(args.overrides)
-    if config_path and "=" in config_path:
-        config_path, overrides = None, [config_path] + overrides
+    config_path, overrides = _config_and_overrides(args, args.target or "")
+    config_path = config_path or None
     config = load_config(EvalConfig, config_path, overrides)  # every key checked before any work
     _quiet_transformers()
     out = args.out or f"evals/{Path(config_path).stem if config_path else 'eval'}"

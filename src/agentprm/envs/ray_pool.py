@@ -20,10 +20,10 @@ made once per process and kept (the next stage's pool reuses it); closing a pool
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable
+from typing import Any
 
-from agentprm.envs.base import EnvError, Game, Observation, Step
-from agentprm.envs.runner import WorkerLost
+from agentprm.envs.base import EnvError
+from agentprm.envs.runner import SlotRequests, WorkerLost
 
 
 class _SlotsActor:
@@ -44,7 +44,7 @@ class _SlotsActor:
         self.group.close()
 
 
-class RayEnvPool:
+class RayEnvPool(SlotRequests):
     """``num_envs`` slots of backend ``name`` over ``actors`` Ray actors (see the module docstring)."""
 
     def __init__(self, name: str, num_envs: int, actors: int = 2, env_options: dict[str, Any] | None = None,
@@ -121,15 +121,6 @@ class RayEnvPool:
 
     # -- API ---------------------------------------------------------------------------------------------------------
 
-    def reset(self, slot_games: dict[int, Game]) -> dict[int, Observation]:
-        return self._request("reset", dict(slot_games))
-
-    def step(self, slot_actions: dict[int, str]) -> dict[int, Step]:
-        return self._request("step", dict(slot_actions))
-
-    def expert_actions(self, slots: Iterable[int]) -> dict[int, str | None]:
-        return self._request("expert", {slot: None for slot in slots})
-
     def worker_pids(self) -> list[int]:
         return self._ray.get([handle.pid.remote() for handle in self._handles])
 
@@ -148,12 +139,6 @@ class RayEnvPool:
                 pass
             self._ray.kill(handle, no_restart=True)
         self._handles = []
-
-    def __enter__(self) -> RayEnvPool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _reason(error: BaseException | None) -> str:

@@ -160,7 +160,32 @@ def _worker_main(conn, name: str, env_options: dict[str, Any], slots: list[int])
 # -- the pool --------------------------------------------------------------------------------------------------------
 
 
-class EnvPool:
+class SlotRequests:
+    """The pool interface on top of ``_request(command, {slot: argument})``, shared by the local and Ray pools."""
+
+    def _request(self, command: str, payload: dict[int, Any]) -> dict[int, Any]:
+        raise NotImplementedError
+
+    def reset(self, slot_games: dict[int, Game]) -> dict[int, Observation]:
+        return self._request("reset", dict(slot_games))
+
+    def step(self, slot_actions: dict[int, str]) -> dict[int, Step]:
+        return self._request("step", dict(slot_actions))
+
+    def expert_actions(self, slots: Iterable[int]) -> dict[int, str | None]:
+        return self._request("expert", {slot: None for slot in slots})
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EnvPool(SlotRequests):
     """``num_envs`` environment slots of backend ``name``, in this process (``workers=0``) or over worker processes."""
 
     def __init__(self, name: str, num_envs: int, workers: int = 0, env_options: dict[str, Any] | None = None):
@@ -244,15 +269,6 @@ class EnvPool:
 
     # -- API ---------------------------------------------------------------------------------------------------------
 
-    def reset(self, slot_games: dict[int, Game]) -> dict[int, Observation]:
-        return self._request("reset", dict(slot_games))
-
-    def step(self, slot_actions: dict[int, str]) -> dict[int, Step]:
-        return self._request("step", dict(slot_actions))
-
-    def expert_actions(self, slots: Iterable[int]) -> dict[int, str | None]:
-        return self._request("expert", {slot: None for slot in slots})
-
     def worker_pids(self) -> list[int]:
         return [proc.pid for proc in self._procs]
 
@@ -272,12 +288,6 @@ class EnvPool:
                 proc.join(timeout=5)
             conn.close()
         self._conns, self._procs = [], []
-
-    def __enter__(self) -> EnvPool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 # -- episodes --------------------------------------------------------------------------------------------------------
