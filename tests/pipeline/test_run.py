@@ -126,12 +126,28 @@ def test_a_changed_config_is_refused_in_an_existing_run(config_file, straight_ru
 def test_shipped_configs_load_and_validate():
     from pathlib import Path
 
+    from agentprm.pipeline.eval_suite import EvalConfig
+
     configs = sorted(Path(__file__).parents[2].joinpath("configs").glob("*.yaml"))
     assert configs
-    for path in configs:
-        load_config(RunConfig, path)
+    for path in configs:  # evaluation configs are eval-*.yaml, every other one is a run
+        load_config(EvalConfig if path.name.startswith("eval-") else RunConfig, path)
     with pytest.raises(ConfigError, match="unknown key"):
         load_config(RunConfig, {"prm": {"learning_rate": 1}})
+
+
+def test_workers_are_a_count_or_a_backend_and_servers_need_free_generation():
+    from agentprm.envs.runner import PoolSpec
+
+    assert load_config(RunConfig, {"workers": 2}).pool() == PoolSpec(2)
+    ray = load_config(RunConfig, {"workers": {"count": 4, "backend": "ray"}, "ray": {"address": "auto"}})
+    assert ray.pool() == PoolSpec(4, "ray", "auto")
+    with pytest.raises(ConfigError, match="workers"):
+        load_config(RunConfig, {"workers": {"count": 2, "backend": "slurm"}})
+    with pytest.raises(ConfigError, match="policy.server_url needs policy.mode: free"):
+        load_config(RunConfig, {"policy": {"server_url": "http://127.0.0.1:8000/v1"}})
+    served = load_config(RunConfig, {"policy": {"server_url": "http://h:8000/v1", "mode": "free"}})
+    assert served.policy.server_url == "http://h:8000/v1"
 
 
 def test_rollout_games_windows_cycle_through_the_training_games():
