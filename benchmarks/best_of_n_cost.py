@@ -36,6 +36,8 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=1.0, help="candidate sampling temperature")
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/best_of_n_cost.json"))
     args = parser.parse_args()
+    # Recorded before the imports below: one of them rewrites sys.argv.
+    command = shlex.join(["python", "benchmarks/best_of_n_cost.py", *sys.argv[1:]])
 
     import torch
 
@@ -78,7 +80,7 @@ def main() -> None:
         print(f"N={n:3d} deduplicated / naive = {row['speedup']:.2f}x, same episodes: {row['same_episodes']}",
               flush=True)
         results.append(row)
-    report = {"command": shlex.join(["python", "benchmarks/best_of_n_cost.py", *sys.argv[1:]]),
+    report = {"command": command,
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": machine_info(("agentprm", "torch", "transformers", "alfworld")),
               "torch_threads": torch.get_num_threads(), "run": str(run), "games": len(games),

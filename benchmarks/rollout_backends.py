@@ -36,6 +36,8 @@ def main() -> None:
     parser.add_argument("--num-envs", type=int, default=24)
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/rollout_backends.json"))
     args = parser.parse_args()
+    # Recorded before the imports below: one of them rewrites sys.argv.
+    command = shlex.join(["python", "benchmarks/rollout_backends.py", *sys.argv[1:]])
 
     from agentprm.agents.policy_agent import PolicyAgent
     from agentprm.config import load_config
@@ -78,7 +80,7 @@ def main() -> None:
     for row in rows:
         base = next(r for r in rows if r["agent"] == row["agent"] and r["backend"] == "local, in-process")
         row["ratio_to_in_process"] = round(row["steps_per_s"] / base["steps_per_s"], 3)
-    report = {"command": shlex.join(["python", "benchmarks/rollout_backends.py", *sys.argv[1:]]),
+    report = {"command": command,
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": machine_info(("agentprm", "torch", "transformers", "alfworld", "ray")), "run": str(run),
               "games": len(games), "max_steps": args.max_steps, "num_envs": args.num_envs, "rows": rows}
