@@ -80,3 +80,29 @@ def test_prm_training_on_two_processes_matches_one_process(alfworld_demos, tiny_
     assert_same_weights(tmp_path / "p1" / "model", tmp_path / "p2" / "model")
     summaries = [json.loads((tmp_path / f"p{p}" / "prm_summary.json").read_text()) for p in (1, 2)]
     assert summaries[1]["val_bce"] == pytest.approx(summaries[0]["val_bce"], rel=1e-4)
+
+
+def test_online_dpo_on_two_processes_matches_one_process(alfworld_demos, sft_model, tmp_path):
+    from agentprm.models.prm import ProcessRewardModel
+
+    torch.manual_seed(0)
+    prm = tmp_path / "prm"
+    ProcessRewardModel.from_policy(sft_model, head_init="normal").save_pretrained(prm)  # scores differ: pairs exist
+    for processes in (1, 2):
+        launch(["-m", "agentprm.algorithms.dpo_trainer", str(sft_model), str(prm), str(alfworld_demos),
+                str(tmp_path / f"p{processes}"), "steps=3", "states_per_step=16", "samples_per_state=4", "lr=1e-3",
+                "progress=false"], processes, tmp_path)
+    one, two = losses(tmp_path / "p1" / "metrics.jsonl"), losses(tmp_path / "p2" / "metrics.jsonl")
+    pairs = losses(tmp_path / "p1" / "metrics.jsonl", "pairs")
+    # Steps with pairs log a loss; an odd number of pairs gives the processes unequal shares.
+    assert len(one) == len(two) >= 2 and max(pairs) >= 3
+    assert two == pytest.approx(one, rel=1e-4)
+    assert losses(tmp_path / "p2" / "metrics.jsonl", "dpo_margin") == pytest.approx(
+        losses(tmp_path / "p1" / "metrics.jsonl", "dpo_margin"), rel=1e-4, abs=1e-6)
+    # Adam divides by sqrt(v): a parameter whose gradient is ~0 moves by up to lr on float noise, so the weights
+    # are compared by distance: the two runs end 100x closer to each other than to where they started.
+    start, one_w, two_w = (load_file(path / "model.safetensors")
+                           for path in (Path(sft_model), tmp_path / "p1" / "model", tmp_path / "p2" / "model"))
+    moved = sum(float(((one_w[k] - start[k]) ** 2).sum()) for k in one_w) ** 0.5
+    apart = sum(float(((two_w[k] - one_w[k]) ** 2).sum()) for k in one_w) ** 0.5
+    assert moved > 0 and apart < moved / 100, (apart, moved)

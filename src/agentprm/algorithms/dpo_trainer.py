@@ -33,8 +33,11 @@ Deliberate choices and deviations from the reference implementation:
   ``monitor_every`` steps and at the end, logged as ``val_prm_score``, ``val_success`` and ``reward_hacking``
   (:mod:`agentprm.algorithms.dpo_monitor`); with ``keep_best`` the returned policy is the reading with the best
   validation success (the paper's "return the best policy on a validation set"), which may be step 0 = pi_{i-1}.
-- Single process only: under ``accelerate launch`` with several processes, a process without pairs would skip
-  the backward its peers wait on, so the trainer refuses to start rather than hang.
+- Several processes (``accelerate launch``): every process draws the same states and samples (same seeds, same
+  weights), then the step's pairs are split over the processes; each scales its pairs' loss by
+  ``P / len(pairs)`` and DDP averages, so the update is the one-process update. A process left without a pair runs
+  one with weight 0, so no process skips the gradient all-reduce its peers wait on. Sampling is not split (every
+  process samples the whole step), only the loss's forward and backward passes are.
 
 PRM protocol: any object with ``score(prompts: Sequence[str], responses: Sequence[str]) -> Sequence[float]``
 (``ProcessRewardModel`` is one); a response is the text appended to the prompt (the PRM's training format).
@@ -42,6 +45,7 @@ PRM protocol: any object with ``score(prompts: Sequence[str], responses: Sequenc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -189,26 +193,32 @@ def _logprobs_no_grad(model: torch.nn.Module, rows: list[tuple[list[int], tuple[
 
 def _dpo_update(model, optimizer, accelerator, pairs, prompt_ids, ref_logps, config: DPOConfig,
                 pad_id: int) -> dict[str, float]:
-    """One optimiser step on ``pairs``; returns the step's loss and DPO statistics."""
+    """One optimiser step on ``pairs`` (this process's share of them); returns the step's loss and DPO statistics
+    over all pairs."""
+    from agentprm.algorithms.sft import process_share
+
     ref_c = torch.tensor([ref_logps[p.state_index][p.chosen_index] for p in pairs])  # (P,)
     ref_r = torch.tensor([ref_logps[p.state_index][p.rejected_index] for p in pairs])  # (P,)
-    size = config.pairs_per_forward or len(pairs)
-    policy_c, policy_r = [], []
+    share, factor = process_share(list(range(len(pairs))), accelerator)
+    size = config.pairs_per_forward or len(share)
+    chunks = [share[start:start + size] for start in range(0, len(share), size)]
+    logp_c, logp_r = torch.zeros(len(pairs)), torch.zeros(len(pairs))  # this process's pairs filled in
     optimizer.zero_grad(set_to_none=True)
-    for start in range(0, len(pairs), size):
-        part = pairs[start:start + size]
-        prompts = [prompt_ids[p.state_index] for p in part]
-        logps = sequence_logprobs_with_grad(model, prompts * 2, [p.chosen.token_ids for p in part]
-                                            + [p.rejected.token_ids for p in part], pad_id).cpu()  # (2c,)
-        loss, _ = dpo_loss(logps[:len(part)], logps[len(part):], ref_c[start:start + size],
-                           ref_r[start:start + size], config.beta)
-        accelerator.backward(loss * len(part) / len(pairs))
-        policy_c.append(logps[:len(part)].detach())
-        policy_r.append(logps[len(part):].detach())
+    for k, part in enumerate(chunks):
+        index = torch.tensor(part)
+        with contextlib.nullcontext() if k == len(chunks) - 1 else accelerator.no_sync(model):
+            prompts = [prompt_ids[pairs[i].state_index] for i in part]
+            logps = sequence_logprobs_with_grad(model, prompts * 2, [pairs[i].chosen.token_ids for i in part]
+                                                + [pairs[i].rejected.token_ids for i in part], pad_id).cpu()  # (2c,)
+            loss, _ = dpo_loss(logps[:len(part)], logps[len(part):], ref_c[index], ref_r[index], config.beta)
+            accelerator.backward(loss * len(part) * factor * accelerator.num_processes / len(pairs))
+        if factor:
+            logp_c[index], logp_r[index] = logps[:len(part)].detach(), logps[len(part):].detach()
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm or float("inf"))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    logp_c, logp_r = torch.cat(policy_c), torch.cat(policy_r)
+    if accelerator.num_processes > 1:  # every pair's log-probs, for statistics over the whole step
+        logp_c, logp_r = accelerator.reduce(logp_c, reduction="sum"), accelerator.reduce(logp_r, reduction="sum")
     loss, stats = dpo_loss(logp_c, logp_r, ref_c, ref_r, config.beta)
     sampled = torch.tensor([[p.chosen.logprob, p.rejected.logprob] for p in pairs])  # (P, 2)
     mismatch = (torch.stack([logp_c, logp_r], 1) - sampled).abs().max().item()
@@ -234,7 +244,8 @@ def validation_prm_score(policy: Policy, prm: ResponseScorer, states: Sequence[P
     return sum(flat) / len(flat)
 
 
-def _one_step(step, policy, reference, prm, states, config, prompt_config, optimizer, accelerator) -> dict:
+def _one_step(step, policy, reference, prm, states, config, prompt_config, optimizer, accelerator,
+              train_model) -> dict:
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
     batch = [states[i] for i in _draw_states(len(states), config.states_per_step, generator)]
     prompts = [render_prompt(s, prompt_config, policy.tokenizer) for s in batch]
@@ -256,7 +267,7 @@ def _one_step(step, policy, reference, prm, states, config, prompt_config, optim
               "kl_to_reference": sampled_kl_estimate([r.logprob for r in flat], flat_ref),
               "pairs": float(len(pairs)), "skipped_ties": float(len(batch) - len(pairs))}
     if pairs:
-        values |= _dpo_update(policy.model, optimizer, accelerator, pairs, prompt_ids, ref_logps, config,
+        values |= _dpo_update(train_model, optimizer, accelerator, pairs, prompt_ids, ref_logps, config,
                               policy.pad_id)
     return values
 
@@ -275,13 +286,13 @@ def online_dpo_loop(config: DPOConfig, policy: Policy, reference: Policy, prm: R
     prompt_config = prompt_config or PromptConfig()
     states = _usable_states(states, config.mode)
     accelerator = Accelerator(cpu=policy.device.type == "cpu")
-    if accelerator.num_processes > 1:
-        raise NotImplementedError("online DPO runs in one process; launch it without `accelerate launch`")
     reference.model.eval().requires_grad_(False)
     policy.model.eval()  # no dropout: the loss's log-probs are the sampler's
     optimizer = torch.optim.AdamW([p for p in policy.model.parameters() if p.requires_grad], lr=config.lr,
                                   weight_decay=0.0)
-    policy.model, optimizer = accelerator.prepare(policy.model, optimizer)
+    # ``train_model`` (DDP-wrapped under several processes) computes the loss; ``policy.model``, the same weights,
+    # samples. One process: they are the same object.
+    train_model, optimizer = accelerator.prepare(policy.model, optimizer)
     window: dict[str, list[float]] = {}
     last: dict[str, float] = {}
     totals = {"updates": 0, "pairs": 0, "skipped_ties": 0}
@@ -292,7 +303,8 @@ def online_dpo_loop(config: DPOConfig, policy: Policy, reference: Policy, prm: R
         watch.read(0)
     bar = tqdm(range(1, config.steps + 1), desc="dpo", disable=not config.progress)
     for step in bar:
-        values = _one_step(step, policy, reference, prm, states, config, prompt_config, optimizer, accelerator)
+        values = _one_step(step, policy, reference, prm, states, config, prompt_config, optimizer, accelerator,
+                           train_model)
         totals["updates"] += int(values["pairs"] > 0)
         totals["pairs"] += int(values["pairs"])
         totals["skipped_ties"] += int(values["skipped_ties"])
@@ -365,17 +377,23 @@ def train_online_dpo(config: DPOConfig, policy_path: str | Path, prm: ResponseSc
     policy = Policy.from_pretrained(policy_path, device=device)
     reference = Policy.from_pretrained(policy_path, device=device)
     out = Path(out_dir)
+    from accelerate import PartialState
+
+    state = PartialState(cpu=device == "cpu")  # as the loop's Accelerator: the first one made sets the process group
     own_metrics = metrics is None
     if metrics is None:
-        metrics = MetricsLogger(out / "metrics.jsonl", "dpo", tensorboard_dir=out / "tensorboard")
+        metrics = MetricsLogger(out / "metrics.jsonl", "dpo", tensorboard_dir=out / "tensorboard",
+                                enabled=state.is_main_process)
     try:
         summary = online_dpo_loop(config, policy, reference, prm, states, prompt_config, metrics, validation)
     finally:
         if own_metrics:
             metrics.close()
-    _save_model_atomic(out / "model", policy, {"reference": str(policy_path), **dataclasses.asdict(config)})
     summary["model"] = "model"  # relative to the summary's folder, which a run renames when the stage completes
-    (out / "dpo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if state.is_main_process:
+        _save_model_atomic(out / "model", policy, {"reference": str(policy_path), **dataclasses.asdict(config)})
+        (out / "dpo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    state.wait_for_everyone()
     return summary
 
 
@@ -386,3 +404,40 @@ def _save_model_atomic(folder: Path, policy: Policy, info: dict) -> None:
     with atomic_directory(folder, overwrite=True) as staging:
         policy.save_pretrained(staging)
         (staging / "agentprm_dpo.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Online DPO outside a run, e.g. on several processes::
+
+        accelerate launch --config_file configs/accelerate/ddp.yaml -m agentprm.algorithms.dpo_trainer \\
+            RUN/iter_0/policy/model RUN/iter_1/prm/model RUN/iter_1/rollouts/shard_000.jsonl OUT steps=100
+
+    The states are every step of the trajectory records (JSONL); ``key=value`` overrides set :class:`DPOConfig`
+    fields; ``--template`` is the policy's prompt template.
+    """
+    import argparse
+
+    from agentprm.config import load_config
+    from agentprm.data import read_trajectories
+    from agentprm.models.prm import ProcessRewardModel
+
+    parser = argparse.ArgumentParser(prog="python -m agentprm.algorithms.dpo_trainer", description=main.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("policy", help="pi_{i-1}: the starting policy and the frozen reference")
+    parser.add_argument("prm", help="the PRM checkpoint to optimise against")
+    parser.add_argument("records", help="trajectory JSONL whose steps are the training states")
+    parser.add_argument("out", help="output folder (model/, dpo_summary.json, metrics.jsonl)")
+    parser.add_argument("overrides", nargs="*", help="DPOConfig key=value overrides")
+    parser.add_argument("--template", default="action_only", help="prompt template (action_only, reason_action)")
+    args = parser.parse_args(argv)
+    config = load_config(DPOConfig, {}, args.overrides)
+    states = [PromptState.from_trajectory(record, t) for record in read_trajectories(args.records)
+              for t in range(len(record.steps))]
+    summary = train_online_dpo(config, args.policy, ProcessRewardModel.from_pretrained(args.prm), states, args.out,
+                               PromptConfig(template=args.template))
+    print(json.dumps({k: v for k, v in summary.items() if isinstance(v, (int, float, str))}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
