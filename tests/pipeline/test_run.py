@@ -230,3 +230,27 @@ def test_the_monitor_refuses_the_evaluation_split_and_missing_games(alfworld_roo
     generated["games"] = {"train": 6, "seen": 0, "unseen": 6}
     with pytest.raises(ConfigError, match=r"set games.seen > 0"):
         load_config(RunConfig, generated)
+
+
+def test_the_rollout_stage_samples_from_an_inference_server(straight_run, model_server, tmp_path):
+    import math
+
+    from agentprm.models.api_client import ApiSettings, ChatClient
+    from agentprm.pipeline import run_stages
+    from agentprm.pipeline.rollouts import read_rollouts
+    from agentprm.pipeline.run import RunContext
+
+    run, _ = straight_run
+    config = load_config(RunConfig, run / "config.yaml", [
+        f"policy.server_url={model_server}", "policy.mode=free", "policy.max_new_tokens=8", "rollouts.games=2",
+        "rollouts.episodes_per_game=1", "rollouts.max_steps=3"])
+    out = tmp_path / "rollouts"
+    out.mkdir()
+    run_stages.rollouts(RunContext(config, run), out, 1)
+    records = read_rollouts(out)
+    assert len(records) == 2 and all(r.policy_id == "pi_0" for r in records)
+    for record in records:  # free generation: raw text, parsed action, a finite log-prob from the local copy
+        for step in record.steps:
+            assert math.isfinite(step.extras["logprob"]) and step.extras["logprob"] < 0
+    served = ChatClient(ApiSettings(base_url=model_server, model="any")).check()
+    assert str((run / "iter_0" / "policy" / "model").resolve()) in served  # the server loaded pi_0's folder
