@@ -156,6 +156,21 @@ def to_dict(config: Any) -> dict:
     return dataclasses.asdict(config)
 
 
+def defaults_dict(cls: type) -> dict:
+    """The defaults of a config dataclass as plain data, nested dataclasses expanded (no validation: a field
+    without a default, or a config whose defaults alone are invalid, still lists what it has)."""
+    result = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            continue
+        result[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return result
+
+
 def describe(cls: type, prefix: str = "") -> str:
     """One line per field, nested dataclasses expanded: dotted name, type, default and help text."""
     lines = []

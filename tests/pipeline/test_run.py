@@ -172,6 +172,29 @@ def test_config_changes_name_nested_keys():
     assert config_changes(old, old) == []
 
 
+def test_a_run_from_an_older_version_resumes_when_its_new_keys_are_at_their_defaults(tmp_path):
+    """A config.yaml written before keys were added: still the same run while they are at their defaults (the
+    older version behaved as the default does), a different run as soon as one is set."""
+    import yaml
+
+    from agentprm.config import defaults_dict, to_dict
+    from agentprm.pipeline.run import config_changes, prepare_run_dir
+
+    config = load_config(RunConfig, {})
+    old = to_dict(config)
+    del old["ray"], old["policy"]["server_url"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old, sort_keys=True))
+    assert config_changes(old, to_dict(config), defaults=defaults_dict(RunConfig)) == []
+    prepare_run_dir(config, tmp_path)  # resumes, and writes the current resolved config
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text()) == to_dict(config)
+
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old, sort_keys=True))
+    served = load_config(RunConfig, {"policy": {"server_url": "http://h:8000/v1", "mode": "free"}})
+    with pytest.raises(ConfigError, match=r"changed: policy.mode, policy.server_url \(new key\)"):
+        prepare_run_dir(served, tmp_path)
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text()) == old  # a refused run rewrites nothing
+
+
 def test_stage_subcommands_rebuild_one_stage_of_a_run(straight_run, tmp_path):
     import shutil
 

@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 import yaml
 
-from agentprm.config import ConfigError, load_config, to_dict
+from agentprm.config import ConfigError, defaults_dict, load_config, to_dict
 from agentprm.models.api_client import ApiSettings
 from agentprm.models.prompts import PromptConfig
 from agentprm.pipeline.run_config import GamesSettings, RaySettings, RunConfig, WorkerSettings, pool_spec, worker_count
@@ -277,7 +277,8 @@ def write_eval_config(config: EvalConfig, out: Path) -> None:
     if path.is_file() and path.read_text() != resolved:
         from agentprm.pipeline.run import config_changes
 
-        changed = config_changes(yaml.safe_load(path.read_text()) or {}, to_dict(config))
+        changed = config_changes(yaml.safe_load(path.read_text()) or {}, to_dict(config),
+                                 defaults=defaults_dict(EvalConfig))
         raise ConfigError(f"{out} was evaluated with a different config (changed: {', '.join(changed)}); "
                           f"use a new --out folder")
     path.write_text(resolved)

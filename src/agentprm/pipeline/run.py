@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from agentprm.config import ConfigError, to_dict
+from agentprm.config import ConfigError, defaults_dict, to_dict
 from agentprm.envs.base import Game
 from agentprm.envs.registry import list_games
 from agentprm.pipeline.run_config import RunConfig
@@ -80,7 +80,8 @@ def prepare_run_dir(config: RunConfig, run_dir: Path) -> None:
     resolved = yaml.safe_dump(to_dict(config), sort_keys=True)
     path = run_dir / "config.yaml"
     if path.is_file() and path.read_text() != resolved:
-        changed = [key for key in config_changes(yaml.safe_load(path.read_text()) or {}, to_dict(config))
+        changed = [key for key in config_changes(yaml.safe_load(path.read_text()) or {}, to_dict(config),
+                                                 defaults=defaults_dict(RunConfig))
                    if key.split(" ")[0] != "progress"]
         if changed:
             raise ConfigError(f"{run_dir} was started with a different config (changed: {', '.join(changed)}); "
@@ -88,19 +89,24 @@ def prepare_run_dir(config: RunConfig, run_dir: Path) -> None:
     path.write_text(resolved)
 
 
-def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+def config_changes(old: dict, new: dict, prefix: str = "", defaults: dict | None = None) -> list[str]:
     """Dotted keys whose values differ between two resolved configs, sorted; a key only one side has is marked
     "(new key)" or "(removed key)": a run started by an older version lacks the keys added since, and its finished
-    stages ran without them."""
+    stages ran without them. With ``defaults`` (the resolved default config), a new key still at its default is no
+    change: options are added off by default, so the older version behaved as the default does."""
     changes = []
+    defaults = defaults or {}
     for key in sorted(set(old) | set(new)):
         name = f"{prefix}{key}"
         if key not in old:
-            changes.append(f"{name} (new key)")
+            if key not in defaults or new[key] != defaults[key]:
+                changes.append(f"{name} (new key)")
         elif key not in new:
             changes.append(f"{name} (removed key)")
         elif isinstance(old[key], dict) and isinstance(new[key], dict):
-            changes.extend(config_changes(old[key], new[key], f"{name}."))
+            nested = defaults.get(key)
+            changes.extend(config_changes(old[key], new[key], f"{name}.",
+                                          nested if isinstance(nested, dict) else None))
         elif old[key] != new[key]:
             changes.append(name)
     return changes
