@@ -106,3 +106,19 @@ def test_online_dpo_on_two_processes_matches_one_process(alfworld_demos, sft_mod
     moved = sum(float(((one_w[k] - start[k]) ** 2).sum()) for k in one_w) ** 0.5
     apart = sum(float(((two_w[k] - one_w[k]) ** 2).sum()) for k in one_w) ** 0.5
     assert moved > 0 and apart < moved / 100, (apart, moved)
+
+
+@pytest.mark.parametrize("module", ["prm_training", "dpo_trainer"])
+def test_trainer_mains_refuse_a_bad_override_naming_the_key(module, tmp_path, capsys):
+    """A wrong key or value exits with status 2 and the key's name, before any file is read or model loaded."""
+    import importlib
+
+    main = importlib.import_module(f"agentprm.algorithms.{module}").main
+    args = ["missing.parquet", "missing-model", str(tmp_path / "out")]
+    if module == "dpo_trainer":
+        args = ["missing-policy", "missing-prm", "missing.jsonl", str(tmp_path / "out")]
+    for override, key in (("lr=fast", "lr"), ("no_such_key=1", "no_such_key")):
+        with pytest.raises(SystemExit) as exited:
+            main([*args, override])
+        assert exited.value.code == 2 and key in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -417,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     import argparse
 
-    from agentprm.config import load_config
+    from agentprm.config import ConfigError, load_config
     from agentprm.data import read_trajectories
     from agentprm.models.prm import ProcessRewardModel
 
@@ -430,7 +430,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="DPOConfig key=value overrides")
     parser.add_argument("--template", default="action_only", help="prompt template (action_only, reason_action)")
     args = parser.parse_args(argv)
-    config = load_config(DPOConfig, {}, args.overrides)
+    try:
+        config = load_config(DPOConfig, {}, args.overrides)
+    except ConfigError as error:  # a bad key or value exits with the usage line before any model is loaded
+        parser.error(str(error))
     states = [PromptState.from_trajectory(record, t) for record in read_trajectories(args.records)
               for t in range(len(record.steps))]
     summary = train_online_dpo(config, args.policy, ProcessRewardModel.from_pretrained(args.prm), states, args.out,

@@ -481,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     from agentprm.algorithms.mc_targets import targets_from_parquet
-    from agentprm.config import load_config
+    from agentprm.config import ConfigError, load_config
 
     parser = argparse.ArgumentParser(prog="python -m agentprm.algorithms.prm_training", description=main.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -491,7 +491,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="PRMTrainConfig key=value overrides")
     parser.add_argument("--template", default="action_only", help="prompt template (action_only, reason_action)")
     args = parser.parse_args(argv)
-    config = load_config(PRMTrainConfig, {}, args.overrides)
+    try:
+        config = load_config(PRMTrainConfig, {}, args.overrides)
+    except ConfigError as error:  # a bad key or value exits with the usage line before any model is loaded
+        parser.error(str(error))
     summary = train_prm(config, targets_from_parquet(args.targets), args.model, args.out,
                         PromptConfig(template=args.template))
     print(json.dumps({k: v for k, v in summary.items() if isinstance(v, (int, float, str))}))
