@@ -55,15 +55,20 @@ def run(config: str, out: Path, overrides: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def rollout_steps(run_dir: Path) -> dict[str, int]:
+def rollout_steps(run_dir: Path) -> dict:
+    """Episodes and environment steps of every rollout (replayed reset-prefix steps counted apart), in all and per
+    iteration (``iter_<i>`` holds pi_{i-1}'s rollouts, so pi_k was trained on those of iterations 1..k)."""
     episodes = steps = replayed = 0
+    by_iteration: dict[str, int] = {}
     for shard in sorted(run_dir.glob("iter_*/rollouts/shard_*.jsonl")):
+        iteration = shard.parent.parent.name
         for line in shard.read_text().splitlines():
             record = json.loads(line)
             episodes += 1
             steps += record["num_steps"]
+            by_iteration[iteration] = by_iteration.get(iteration, 0) + record["num_steps"]
             replayed += sum(1 for s in record["steps"] if s.get("extras", {}).get("reset"))
-    return {"episodes": episodes, "env_steps": steps, "replayed_steps": replayed}
+    return {"episodes": episodes, "env_steps": steps, "replayed_steps": replayed, "env_steps_by_iteration": by_iteration}
 
 
 def own_seconds(run_dir: Path) -> float:
@@ -92,7 +97,62 @@ def variant_row(name: str, run_dir: Path, overrides: list[str]) -> dict:
     return {"variant": name, "overrides": overrides, "pi_1": {k: policy[k] for k in ("success", "ci95", "episodes")},
             "policies": policies,
             "bon": [{k: r[k] for k in ("agent", "prm", "n", "success", "ci95")} for r in bon],
-            **rollout_steps(run_dir), "monitor": monitor, "seconds": own_seconds(run_dir)}
+            **rollout_steps(run_dir), "monitor": monitor, "prm": prm_diagnostics(run_dir),
+            "seconds": own_seconds(run_dir)}
+
+
+PRM_KEYS = ("same_state_pairs", "same_state_pair_accuracy", "step_auc",  # outcome-trained PRMs (validation.json)
+            "balanced_accuracy", "expert_auc")  # InversePRM's expert-vs-learner classifier (prm_summary.json)
+
+
+def prm_diagnostics(run_dir: Path) -> dict[str, dict]:
+    """Per PRM Q_j (``iter_<j+1>/prm``): how well it ranks actions at one state on held-out games, or for InversePRM
+    how well it separates held-out expert from learner transitions."""
+    found = {}
+    for folder in sorted(run_dir.glob("iter_*/prm")):
+        values = {}
+        for name in ("validation.json", "prm_summary.json"):
+            if (folder / name).is_file():
+                values.update({k: v for k, v in json.loads((folder / name).read_text()).items() if k in PRM_KEYS})
+        found[f"Q_{int(folder.parent.name.split('_')[1]) - 1}"] = values
+    return found
+
+
+def percent(p: dict) -> str:
+    return f"{100 * p['success']:.1f} [{100 * p['ci95'][0]:.1f}, {100 * p['ci95'][1]:.1f}]"
+
+
+def markdown_table(report: dict) -> str:
+    """The ablation table as Markdown: one row per variant and policy it trained."""
+    lines = ["| variant | policy | success % [95% CI] | BoN(policy, PRM, N=8) | PRM diagnostic | rollout env steps "
+             "| own stages |", "|---|---|---|---|---|---|---|"]
+    bon = ", ".join(f"{b['prm']}: {100 * b['success']:.1f}" for b in report.get("pi_0_bon", []) if b["n"] == 8)
+    lines.append(f"| base (SFT on the demonstrations) | pi_0 | {percent(report['pi_0'])} | {bon} | | 0 | |")
+    for row in report["variants"]:
+        if "error" in row:
+            lines.append(f"| {row['variant']} | | failed: {row['error']} | | | | |")
+            continue
+        for agent, p in row["policies"].items():
+            if agent == "pi_0":
+                continue
+            k = int(agent.split("_")[1])
+            bon = ", ".join(f"{b['prm']}: {100 * b['success']:.1f}" for b in row["bon"]
+                            if b["agent"] == agent and b["n"] == 8)
+            steps = sum(row.get("env_steps_by_iteration", {}).get(f"iter_{i}", 0) for i in range(1, k + 1))
+            lines.append(f"| {row['variant']} | {agent} | {percent(p)} | {bon} | "
+                         f"{diagnostic(row.get('prm', {}).get(f'Q_{k - 1}', {}))} | {steps or row['env_steps']:,} | "
+                         f"{row['seconds']:,.0f} s |")
+    return "\n".join(lines)
+
+
+def diagnostic(values: dict) -> str:
+    if "expert_auc" in values:
+        return f"expert AUC {values['expert_auc']:.2f}, balanced acc. {values['balanced_accuracy']:.2f}"
+    if values.get("same_state_pairs") and values.get("same_state_pair_accuracy") is not None:
+        auc = values.get("step_auc")
+        return (f"same-state pairs {100 * values['same_state_pair_accuracy']:.0f}% of {values['same_state_pairs']}"
+                + (f", step AUC {auc:.2f}" if auc is not None else ""))
+    return ""
 
 
 def main() -> None:
@@ -102,7 +162,11 @@ def main() -> None:
     parser.add_argument("--base-overrides", nargs="*", default=[])
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/ablations.json"))
+    parser.add_argument("--table", type=Path, help="print the Markdown table of a results file and exit")
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table(json.loads(args.table.read_text())))
+        return
 
     args.out.mkdir(parents=True, exist_ok=True)
     base = args.out / "base"
@@ -111,7 +175,10 @@ def main() -> None:
         print(f"base run: {base} is complete", flush=True)
     else:
         print(f"base run: {run(args.config, base, args.base_overrides):.0f} s", flush=True)
-    pi_0 = json.loads((base / "summary.json").read_text())["rows"][0]
+    base_rows = json.loads((base / "summary.json").read_text())["rows"]
+    pi_0 = base_rows[0]
+    pi_0_bon = [{k: r[k] for k in ("agent", "prm", "n", "success", "ci95")} for r in base_rows
+                if r["agent"] == "pi_0" and r["kind"] == "bon"]
     results = []
     for name in args.variants.split(","):
         overrides = VARIANTS[name]
@@ -143,9 +210,11 @@ def main() -> None:
               "machine": machine_info(("agentprm", "torch", "transformers", "alfworld")),
               "load_average_end": load_average(), "config": args.config,
               "base_overrides": args.base_overrides, "pi_0": {k: pi_0[k] for k in ("success", "ci95", "episodes")},
+              "pi_0_bon": pi_0_bon,
               "variants": results}
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(report, indent=2) + "\n")
+    print(markdown_table(report))
     print(f"wrote {args.results}")
 
 
