@@ -415,29 +415,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     The states are every step of the trajectory records (JSONL); ``key=value`` overrides set :class:`DPOConfig`
     fields; ``--template`` is the policy's prompt template.
     """
-    import argparse
-
-    from agentprm.config import ConfigError, load_config
+    from agentprm.algorithms.trainer_cli import trainer_arguments
     from agentprm.data import read_trajectories
     from agentprm.models.prm import ProcessRewardModel
 
-    parser = argparse.ArgumentParser(prog="python -m agentprm.algorithms.dpo_trainer", description=main.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("policy", help="pi_{i-1}: the starting policy and the frozen reference")
-    parser.add_argument("prm", help="the PRM checkpoint to optimise against")
-    parser.add_argument("records", help="trajectory JSONL whose steps are the training states")
-    parser.add_argument("out", help="output folder (model/, dpo_summary.json, metrics.jsonl)")
-    parser.add_argument("overrides", nargs="*", help="DPOConfig key=value overrides")
-    parser.add_argument("--template", default="action_only", help="prompt template (action_only, reason_action)")
-    args = parser.parse_args(argv)
-    try:
-        config = load_config(DPOConfig, {}, args.overrides)
-    except ConfigError as error:  # a bad key or value exits with the usage line before any model is loaded
-        parser.error(str(error))
+    args, config, prompt = trainer_arguments("agentprm.algorithms.dpo_trainer", main.__doc__, DPOConfig, [
+        ("policy", "pi_{i-1}: the starting policy and the frozen reference"),
+        ("prm", "the PRM checkpoint to optimise against"),
+        ("records", "trajectory JSONL whose steps are the training states"),
+        ("out", "output folder (model/, dpo_summary.json, metrics.jsonl)")], argv)
     states = [PromptState.from_trajectory(record, t) for record in read_trajectories(args.records)
               for t in range(len(record.steps))]
     summary = train_online_dpo(config, args.policy, ProcessRewardModel.from_pretrained(args.prm), states, args.out,
-                               PromptConfig(template=args.template))
+                               prompt)
     print(json.dumps({k: v for k, v in summary.items() if isinstance(v, (int, float, str))}))
     return 0
 

@@ -478,25 +478,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ``key=value`` overrides set :class:`PRMTrainConfig` fields; ``--template`` the prompt template the policy uses.
     """
-    import argparse
-
     from agentprm.algorithms.mc_targets import targets_from_parquet
-    from agentprm.config import ConfigError, load_config
+    from agentprm.algorithms.trainer_cli import trainer_arguments
 
-    parser = argparse.ArgumentParser(prog="python -m agentprm.algorithms.prm_training", description=main.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("targets", help="targets Parquet file (a run's iter_i/targets/targets.parquet)")
-    parser.add_argument("model", help="initial model: a policy checkpoint (the PRM gets a new scalar head)")
-    parser.add_argument("out", help="output folder (model/, validation.json, prm_summary.json, metrics.jsonl)")
-    parser.add_argument("overrides", nargs="*", help="PRMTrainConfig key=value overrides")
-    parser.add_argument("--template", default="action_only", help="prompt template (action_only, reason_action)")
-    args = parser.parse_args(argv)
-    try:
-        config = load_config(PRMTrainConfig, {}, args.overrides)
-    except ConfigError as error:  # a bad key or value exits with the usage line before any model is loaded
-        parser.error(str(error))
-    summary = train_prm(config, targets_from_parquet(args.targets), args.model, args.out,
-                        PromptConfig(template=args.template))
+    args, config, prompt = trainer_arguments("agentprm.algorithms.prm_training", main.__doc__, PRMTrainConfig, [
+        ("targets", "targets Parquet file (a run's iter_i/targets/targets.parquet)"),
+        ("model", "initial model: a policy checkpoint (the PRM gets a new scalar head)"),
+        ("out", "output folder (model/, validation.json, prm_summary.json, metrics.jsonl)")], argv)
+    summary = train_prm(config, targets_from_parquet(args.targets), args.model, args.out, prompt)
     print(json.dumps({k: v for k, v in summary.items() if isinstance(v, (int, float, str))}))
     return 0
 
