@@ -271,3 +271,23 @@ def test_an_api_model_behind_a_real_server_plays_with_the_papers_prompt(alfworld
             parsed = parse_response(step.response, state.admissible_actions, "reason_action")
             assert step.action == parsed.action and step.extras["parsable"] == parsed.parsable
     assert "## API usage" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_an_eval_folder_from_an_older_version_resumes_while_new_keys_are_at_their_defaults(tmp_path):
+    """Its eval config lacks the keys added since: the same evaluation while they are at their defaults, refused
+    (naming the key, rewriting nothing) once one is set."""
+    from agentprm.config import to_dict
+    from agentprm.pipeline.eval_suite import EVAL_CONFIG, write_eval_config
+
+    config = load_config(EvalConfig, {"games": {"root": "g"}, "agents": [{"kind": "random"}]})
+    old = to_dict(config)
+    del old["ray"], old["calibration_bins"]
+    (tmp_path / EVAL_CONFIG).write_text(yaml.safe_dump(old, sort_keys=True))
+    write_eval_config(config, tmp_path)
+    assert yaml.safe_load((tmp_path / EVAL_CONFIG).read_text()) == to_dict(config)
+
+    (tmp_path / EVAL_CONFIG).write_text(yaml.safe_dump(old, sort_keys=True))
+    changed = load_config(EvalConfig, {"games": {"root": "g"}, "agents": [{"kind": "random"}], "calibration_bins": 5})
+    with pytest.raises(ConfigError, match=r"changed: calibration_bins \(new key\)"):
+        write_eval_config(changed, tmp_path)
+    assert yaml.safe_load((tmp_path / EVAL_CONFIG).read_text()) == old

@@ -279,8 +279,9 @@ def write_eval_config(config: EvalConfig, out: Path) -> None:
 
         changed = config_changes(yaml.safe_load(path.read_text()) or {}, to_dict(config),
                                  defaults=defaults_dict(EvalConfig))
-        raise ConfigError(f"{out} was evaluated with a different config (changed: {', '.join(changed)}); "
-                          f"use a new --out folder")
+        if changed:  # keys added since, at their defaults, change nothing
+            raise ConfigError(f"{out} was evaluated with a different config (changed: {', '.join(changed)}); "
+                              f"use a new --out folder")
     path.write_text(resolved)
 
 
