@@ -122,12 +122,17 @@ def percent(p: dict) -> str:
     return f"{100 * p['success']:.1f} [{100 * p['ci95'][0]:.1f}, {100 * p['ci95'][1]:.1f}]"
 
 
+def bon_cell(rows: list[dict], agent: str) -> str:
+    """The N = 8 Best-of-N successes of ``agent``, one per PRM."""
+    return ", ".join(f"{b['prm']}: {100 * b['success']:.1f}" for b in rows if b["agent"] == agent and b["n"] == 8)
+
+
 def markdown_table(report: dict) -> str:
     """The ablation table as Markdown: one row per variant and policy it trained."""
     lines = ["| variant | policy | success % [95% CI] | BoN(policy, PRM, N=8) | PRM diagnostic | rollout env steps "
              "| own stages |", "|---|---|---|---|---|---|---|"]
-    bon = ", ".join(f"{b['prm']}: {100 * b['success']:.1f}" for b in report.get("pi_0_bon", []) if b["n"] == 8)
-    lines.append(f"| base (SFT on the demonstrations) | pi_0 | {percent(report['pi_0'])} | {bon} | | 0 | |")
+    lines.append(f"| base (SFT on the demonstrations) | pi_0 | {percent(report['pi_0'])} | "
+                 f"{bon_cell(report.get('pi_0_bon', []), 'pi_0')} | | 0 | |")
     for row in report["variants"]:
         if "error" in row:
             lines.append(f"| {row['variant']} | | failed: {row['error']} | | | | |")
@@ -136,10 +141,8 @@ def markdown_table(report: dict) -> str:
             if agent == "pi_0":
                 continue
             k = int(agent.split("_")[1])
-            bon = ", ".join(f"{b['prm']}: {100 * b['success']:.1f}" for b in row["bon"]
-                            if b["agent"] == agent and b["n"] == 8)
             steps = sum(row.get("env_steps_by_iteration", {}).get(f"iter_{i}", 0) for i in range(1, k + 1))
-            lines.append(f"| {row['variant']} | {agent} | {percent(p)} | {bon} | "
+            lines.append(f"| {row['variant']} | {agent} | {percent(p)} | {bon_cell(row['bon'], agent)} | "
                          f"{diagnostic(row.get('prm', {}).get(f'Q_{k - 1}', {}))} | {steps or row['env_steps']:,} | "
                          f"{row['seconds']:,.0f} s |")
     return "\n".join(lines)

@@ -175,15 +175,16 @@ def cmd_sft(args) -> int:
         print(describe(SFTConfig))
         return 0
     _quiet_transformers()
-    config = load_config(SFTConfig, *_config_and_overrides(args))
+    config = load_config(SFTConfig, *_config_and_overrides(args.config, args.overrides))
     summary = train_sft(config)
     print(f"SFT finished at step {summary['step']}: train loss {summary['train_loss']:.4f}, validation loss "
           f"{summary['val_loss']:.4f}, {summary['tokens_per_s']:.0f} tokens/s; model in {config.out}/model")
     return 0
 
 
-def _config_and_overrides(args, first: str | None = None) -> tuple[str | None, list[str]]:
-    config_path, overrides = first if first is not None else args.config, list(args.overrides)
+def _config_and_overrides(first: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
+    """The config file and the overrides of ``CONFIG [k=v ...]``; a first positional with "=" is an override."""
+    config_path, overrides = first or None, list(overrides)
     if config_path and "=" in config_path:  # no YAML file: the first positional is already an override
         config_path, overrides = None, [config_path] + overrides
     return config_path, overrides
@@ -197,7 +198,7 @@ def cmd_run(args) -> int:
     if args.describe:
         print(describe(RunConfig))
         return 0
-    config_path, overrides = _config_and_overrides(args)
+    config_path, overrides = _config_and_overrides(args.config, args.overrides)
     config = load_config(RunConfig, config_path, overrides)  # every key checked before any work
     _quiet_transformers()
     out = args.out or f"runs/{Path(config_path).stem if config_path else 'run'}"
@@ -245,8 +246,7 @@ def cmd_eval(args) -> int:
     if args.iteration is not None or args.redo:
         raise EnvError("--iteration and --redo apply to a run directory's eval stage; "
                        f"{args.target!r} is not a directory")
-    config_path, overrides = _config_and_overrides(args, args.target or "")
-    config_path = config_path or None
+    config_path, overrides = _config_and_overrides(args.target, args.overrides)
     config = load_config(EvalConfig, config_path, overrides)  # every key checked before any work
     _quiet_transformers()
     out = args.out or f"evals/{Path(config_path).stem if config_path else 'eval'}"
