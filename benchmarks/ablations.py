@@ -161,7 +161,7 @@ def diagnostic(values: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/quickstart.yaml")
-    parser.add_argument("--out", type=Path, required=True, help="folder for the run directories")
+    parser.add_argument("--out", type=Path, help="folder for the run directories (required unless --table)")
     parser.add_argument("--base-overrides", nargs="*", default=[])
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/ablations.json"))
@@ -170,6 +170,8 @@ def main() -> None:
     if args.table:
         print(markdown_table(json.loads(args.table.read_text())))
         return
+    if args.out is None:
+        parser.error("--out is required (the folder for the run directories)")
 
     args.out.mkdir(parents=True, exist_ok=True)
     base = args.out / "base"
