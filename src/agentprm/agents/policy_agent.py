@@ -12,6 +12,11 @@ For every live episode the agent renders the prompt (``models.prompts``) and pic
 Either way the sample keeps its text, token ids and log-probability in ``last_samples`` (and the prompt in
 ``last_prompts``) for callers that record them (rollouts for training, evaluation records), so nothing is ever
 re-tokenised.
+
+``score_cache`` (admissible mode, optional): a :class:`ScoreCache` of candidate log-probabilities by prompt. With a
+short history window the same prompt recurs across the episodes of a game (many continuations of one state take
+the same path), and a cached prompt costs no forward pass. The draws are the uncached path's: one generator seeded
+per call, one draw per prompt in batch order, from softmax(log pi / T).
 """
 
 from __future__ import annotations
@@ -20,10 +25,36 @@ from dataclasses import dataclass, field
 
 from agentprm.envs.runner import PolicyInput
 from agentprm.models.parser import parse_response
-from agentprm.models.policy import Policy, Sample
+from agentprm.models.policy import Policy, Sample, _make_generator, _sample_indices, encode_responses
 from agentprm.models.prompts import PromptConfig, PromptState, format_response, render_prompt
 
 MODES = ("admissible", "free")
+
+
+class ScoreCache:
+    """Prompt -> log pi(candidate | prompt) for each candidate text, at most ``max_entries`` prompts (cleared
+    whole when full: entries are cheap to recompute and a bounded dict keeps memory flat)."""
+
+    def __init__(self, max_entries: int = 200_000) -> None:
+        self.max_entries = max_entries
+        self.entries: dict[tuple[str, tuple[str, ...]], list[float]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def scores(self, policy: Policy, prompts: list[str], candidates: list[list[str]]) -> list[list[float]]:
+        """Log-probs of every prompt's candidates, scoring only the (prompt, candidates) not seen before."""
+        keys = [(prompt, tuple(cands)) for prompt, cands in zip(prompts, candidates)]
+        missing = list(dict.fromkeys(key for key in keys if key not in self.entries))
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            fresh = policy.score_candidates([p for p, _ in missing], [list(c) for _, c in missing])
+            if len(self.entries) + len(missing) > self.max_entries:
+                self.entries.clear()
+            self.entries.update(zip(missing, fresh))
+            found = dict(zip(missing, fresh))
+            return [found[key] if key in found else self.entries[key] for key in keys]
+        return [self.entries[key] for key in keys]
 
 
 @dataclass
@@ -39,6 +70,7 @@ class PolicyAgent:
     seed: int = 0
     last_samples: dict[int, Sample] = field(default_factory=dict)
     last_prompts: dict[int, str] = field(default_factory=dict)
+    score_cache: ScoreCache | None = None
     _calls: int = 0
 
     def __post_init__(self) -> None:
@@ -58,8 +90,7 @@ class PolicyAgent:
             actions_per_slot = [item.observation.admissible_actions or ["look"] for item in batch]
             # Candidates are written as SFT taught the model to answer (format_response), then mapped back.
             candidates = [[format_response(a, "", self.prompt) for a in actions] for actions in actions_per_slot]
-            drawn = self.policy.sample_admissible(prompts, candidates, n=1, temperature=self.temperature, seed=seed)
-            samples = [s[0] for s in drawn]
+            samples = self._sample_admissible(prompts, candidates, seed)
             actions = [actions[texts.index(s.text)]
                        for s, texts, actions in zip(samples, candidates, actions_per_slot)]
         else:
@@ -71,3 +102,18 @@ class PolicyAgent:
         self.last_samples = {item.slot: sample for item, sample in zip(batch, samples)}
         self.last_prompts = {item.slot: prompt for item, prompt in zip(batch, prompts)}
         return actions
+
+    def _sample_admissible(self, prompts: list[str], candidates: list[list[str]], seed: int) -> list[Sample]:
+        if self.score_cache is None:
+            drawn = self.policy.sample_admissible(prompts, candidates, n=1, temperature=self.temperature, seed=seed)
+            return [s[0] for s in drawn]
+        import torch
+
+        scores = self.score_cache.scores(self.policy, prompts, candidates)
+        gen = _make_generator(seed, torch.device("cpu"))
+        samples = []
+        for texts, lps in zip(candidates, scores):
+            pick = _sample_indices(torch.tensor(lps, dtype=torch.float64), 1, self.temperature, gen)[0]
+            ids = encode_responses(self.policy.tokenizer, [texts[pick]])[0]
+            samples.append(Sample(text=texts[pick], token_ids=ids, logprob=lps[pick], finished=True))
+        return samples

@@ -417,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     from agentprm.algorithms.trainer_cli import trainer_arguments
     from agentprm.data import read_trajectories
-    from agentprm.models.prm import ProcessRewardModel
+    from agentprm.models.implicit_prm import load_prm
 
     args, config, prompt = trainer_arguments("agentprm.algorithms.dpo_trainer", main.__doc__, DPOConfig, [
         ("policy", "pi_{i-1}: the starting policy and the frozen reference"),
@@ -426,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("out", "output folder (model/, dpo_summary.json, metrics.jsonl)")], argv)
     states = [PromptState.from_trajectory(record, t) for record in read_trajectories(args.records)
               for t in range(len(record.steps))]
-    summary = train_online_dpo(config, args.policy, ProcessRewardModel.from_pretrained(args.prm), states, args.out,
+    summary = train_online_dpo(config, args.policy, load_prm(args.prm), states, args.out,
                                prompt)
     print(json.dumps({k: v for k, v in summary.items() if isinstance(v, (int, float, str))}))
     return 0

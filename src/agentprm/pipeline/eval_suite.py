@@ -253,9 +253,9 @@ def build_agent(item: Prepared, n: int, prompt: PromptConfig, seed: int, env: st
         return PolicyAgent(policy, prompt=prompt, mode=spec.mode, temperature=temperature,
                            max_new_tokens=spec.max_new_tokens, seed=seed), None
     from agentprm.agents.best_of_n import BestOfNAgent
-    from agentprm.models.prm import ProcessRewardModel
+    from agentprm.models.implicit_prm import load_prm
 
-    prm = ProcessRewardModel.from_pretrained(item.prm)
+    prm = load_prm(item.prm)
     temperature = 1.0 if spec.temperature is None else spec.temperature
     return BestOfNAgent(policy, prm, n=n, prompt=prompt, mode=spec.mode, filter_admissible=spec.filter_admissible,
                         temperature=temperature, max_new_tokens=spec.max_new_tokens, seed=seed), None

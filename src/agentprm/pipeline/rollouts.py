@@ -14,6 +14,12 @@ expert demonstration in the environment, then the policy takes over. Replayed st
 length; the targets stage gives no target to replayed steps. :func:`reset_prefixes` draws the prefix length of each
 game once per iteration, so the reset episodes of a game branch from the same state: several actions at one state,
 the contrast a PRM needs to rank actions.
+
+Branching rollouts (``branch_plan``, :mod:`agentprm.pipeline.branching`): after the base shards, the plan chooses
+branch points in the base episodes and K distinct actions at each; every (action, continuation) replays the
+episode's prefix in the engine (each observation checked against the record), takes the action and lets the
+policy continue. They go to ``shard_branch.jsonl``: replayed steps are flagged ``extras["branch_prefix"]`` (no
+target), the branch step ``extras["branch"]``, and ``meta`` holds the base episode's seed and the branch step.
 """
 
 from __future__ import annotations
@@ -174,18 +180,21 @@ def collect_rollouts(
     progress: bool = True,
     prefixes: Mapping[int, Mapping[str, Sequence[str]]] | None = None,
     wrap_agent=None,
+    branch_plan=None,
 ) -> list[Path]:
     """Write ``episodes_per_game`` shards of rollouts under ``out_dir``; return the shard paths.
 
     ``make_agent(seed)`` builds a fresh runner policy with ``last_samples`` (e.g. a ``PolicyAgent``).
     ``prefixes``: shard index -> game id -> expert actions replayed before the policy acts (reset distribution).
     ``wrap_agent(agent, seed)``: an optional wrapper around each shard's agent (e.g. a ``SteeredAgent``).
+    ``branch_plan(records) -> list[Branch]``: branching rollouts from the base shards' records, written to
+    ``shard_branch.jsonl`` (played with ``make_agent(seed + episodes_per_game)``).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shards = []
     bar = tqdm(total=episodes_per_game * len(games), desc="rollouts", disable=not progress)
-    with open_pool(env_name, min(num_envs, max(1, len(games))), workers) as pool:
+    with open_pool(env_name, num_envs if branch_plan else min(num_envs, max(1, len(games))), workers) as pool:
         for k in range(episodes_per_game):
             shard = out_dir / f"shard_{k:03d}.jsonl"
             shards.append(shard)
@@ -211,8 +220,49 @@ def collect_rollouts(
 
                 run_episodes(pool, games, recorder, max_steps, on_episode=on_episode)
             partial.rename(shard)
-    bar.close()
+        bar.close()
+        if branch_plan is not None:
+            shards.append(_branch_shard(pool, out_dir, shards, branch_plan, make_agent, env_name, max_steps,
+                                        policy_id, seed + episodes_per_game, progress))
     return shards
+
+
+def _branch_shard(pool, out_dir: Path, shards: list[Path], branch_plan, make_agent, env_name: str, max_steps: int,
+                  policy_id: str, seed: int, progress: bool) -> Path:
+    from agentprm.pipeline.branching import branch_id, play_branches
+
+    shard = out_dir / "shard_branch.jsonl"
+    if shard.exists():
+        return shard
+    partial = shard.with_name(shard.name + ".partial")
+    partial.unlink(missing_ok=True)
+    base = [record for path in shards for record in read_trajectories(path)]
+    branches = branch_plan(base)
+    recorders: list[SampleRecorder] = []
+
+    def record(agent) -> SampleRecorder:
+        recorders.append(SampleRecorder(agent))
+        return recorders[-1]
+
+    bar = tqdm(total=len(branches), desc="branches", disable=not progress)
+    with TrajectoryWriter(partial) as writer:
+
+        def on_episode(k: int, result: EpisodeResult) -> None:
+            branch = branches[k]
+            flags = [{"branch_prefix": True}] * branch.start + [{"branch": True}]
+            meta = {"rollout": "branch", "source": result.game.source, "branch_step": branch.start,
+                    "branch_continuation": branch.continuation}
+            unique = branch_id(branch, k)
+            recorder = recorders[0]
+            writer.write(rollout_record(result, recorder.pop(unique), env_name, policy_id, seed, meta, 0,
+                                        flags + recorder.pop_flags(unique)[branch.start + 1:]))
+            bar.update(1)
+
+        if branches:
+            play_branches(pool, branches, make_agent(seed), max_steps, on_episode=on_episode, wrap=record)
+    bar.close()
+    partial.rename(shard)
+    return shard
 
 
 def read_rollouts(out_dir: str | Path) -> list[TrajectoryRecord]:

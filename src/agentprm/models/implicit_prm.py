@@ -1,0 +1,106 @@
+"""The implicit PRM (Yuan et al. 2024, "Free Process Rewards without Process Labels"; the PRM of PRIME).
+
+A causal LM pi_phi, initialised to the policy, and a frozen reference pi_ref (the same policy) define
+
+    z(s, a) = beta * [ log pi_phi(a | s) - log pi_ref(a | s) ]                    (process score of one step)
+
+and an episode's outcome score r_phi(tau) = sum_t z(s_t, a_t), trained by cross-entropy against the outcome
+(``algorithms.implicit_prm``). Yuan et al.'s process value of a prefix is the cumulative sum q_t = sum_{k<=t} z_k;
+two actions at the SAME state share the prefix sum, so ranking them by q_t is ranking them by z(s, a), and the
+score here is Q(s, a) = sigmoid(z(s, a)). Before training phi = ref, so every action scores exactly 0.5: the PRM
+starts with no opinion, and the softmax of the LM over a state's actions couples them, so raising one action's
+log-probability lowers the others' (within-state contrast without same-state pairs).
+
+On disk (``save_pretrained``): ``agentprm_prm.json`` ({"kind": "implicit", "beta": ...}), ``policy/`` (phi) and
+``reference/`` (pi_ref), both plain HF causal-LM checkpoints, so the folder is self-contained.
+:func:`load_prm` opens either kind of PRM folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from agentprm.models.policy import Policy
+
+KIND = "implicit"
+
+
+class ImplicitPRM:
+    """Scores (prompt, response) pairs by sigmoid(beta * (log pi_phi - log pi_ref)); see the module doc."""
+
+    def __init__(self, policy: Policy, reference: Policy, beta: float) -> None:
+        if not beta > 0:
+            raise ValueError(f"beta must be > 0, got {beta}")
+        self.policy, self.reference, self.beta = policy, reference, float(beta)
+        self.tokenizer = policy.tokenizer
+
+    @classmethod
+    def from_policy(cls, path: str | Path, beta: float, device: str = "cpu") -> "ImplicitPRM":
+        """phi and the reference both loaded from the policy checkpoint ``path`` (all scores 0.5)."""
+        return cls(Policy.from_pretrained(path, device=device), Policy.from_pretrained(path, device=device), beta)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str = "cpu") -> "ImplicitPRM":
+        folder = Path(path)
+        card = _card(folder)
+        if card.get("kind") != KIND:
+            raise ValueError(f"{folder} is not an implicit PRM (agentprm_prm.json kind {card.get('kind')!r})")
+        return cls(Policy.from_pretrained(folder / "policy", device=device),
+                   Policy.from_pretrained(folder / "reference", device=device), card["beta"])
+
+    def save_pretrained(self, path: str | Path, extra: dict | None = None) -> None:
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.policy.save_pretrained(folder / "policy")
+        self.reference.save_pretrained(folder / "reference")
+        (folder / "agentprm_prm.json").write_text(json.dumps({"kind": KIND, "beta": self.beta, **(extra or {})},
+                                                             indent=2) + "\n")
+
+    def log_ratios(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        """z / beta = log pi_phi(response | prompt) - log pi_ref(response | prompt) per pair, each distinct prompt
+        run once with all of its responses (``Policy.score_candidates``)."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        distinct: dict[str, list[int]] = {}
+        for row, prompt in enumerate(prompts):
+            distinct.setdefault(prompt, []).append(row)
+        keys = list(distinct)
+        texts = [[responses[row] for row in distinct[p]] for p in keys]
+        out = [0.0] * len(prompts)
+        if not keys:
+            return out
+        phi = self.policy.score_candidates(keys, texts)
+        ref = self.reference.score_candidates(keys, texts)
+        for p, lp_phi, lp_ref in zip(keys, phi, ref):
+            for row, a, b in zip(distinct[p], lp_phi, lp_ref):
+                out[row] = a - b
+        return out
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 32) -> list[float]:
+        """Q(s, a) = sigmoid(beta * log ratio) in (0, 1)."""
+        return [1.0 / (1.0 + math.exp(-self.beta * r)) for r in self.log_ratios(prompts, responses)]
+
+
+def _card(folder: Path) -> dict[str, Any]:
+    card = folder / "agentprm_prm.json"
+    if not card.is_file():
+        return {}
+    try:
+        return json.loads(card.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{card} is corrupt ({error}); rebuild the PRM (`agentprm train-prm RUN --iteration i "
+                         f"--redo`)") from None
+
+
+def load_prm(path: str | Path, device: str = "cpu") -> Any:
+    """A PRM folder of either kind: an implicit PRM, or a scalar-head ``ProcessRewardModel``."""
+    from agentprm.models.prm import ProcessRewardModel
+
+    folder = Path(path)
+    if folder.is_dir() and _card(folder).get("kind") == KIND:
+        return ImplicitPRM.from_pretrained(folder, device=device)
+    return ProcessRewardModel.from_pretrained(path, device=device)

@@ -1,0 +1,76 @@
+"""Grading rankers against ground-truth Q: every metric on hand-built states, by hand."""
+
+import math
+
+import pytest
+
+from agentprm.algorithms.action_ranking import (
+    GradedState,
+    average_ranks,
+    bootstrap_ci,
+    estimate_agreement,
+    expert_rank,
+    grade_ranker,
+    pair_credits,
+    spearman,
+    split_half_credits,
+    top1_credit,
+)
+
+
+def _state(q, scores, halves=None, expert=None, admissible=None):
+    actions = [f"a{i}" for i in range(len(q))]
+    admissible = admissible or actions
+    return GradedState(actions=actions, q=list(q), q_halves=halves or (list(q), list(q)), admissible=admissible,
+                       scores={"r": dict(zip(admissible, scores))}, expert_action=expert)
+
+
+def test_pairs_need_a_gap_and_ties_earn_half():
+    # Q = (0.9, 0.5, 0.45): pairs (0,1) and (0,2) have |dQ| >= 0.1; (1,2) does not.
+    state = _state([0.9, 0.5, 0.45], [0.2, 0.3, 0.2])
+    assert pair_credits(state, "r", 0.1) == [0.0, 0.5]
+
+
+def test_top1_counts_the_share_of_tied_tops_that_are_best():
+    assert top1_credit(_state([0.9, 0.1, 0.1], [1.0, 0.0, 1.0]), "r", 0.1) == 0.5
+    assert top1_credit(_state([0.9, 0.1], [2.0, 1.0]), "r", 0.1) == 1.0
+    assert top1_credit(_state([0.5, 0.45], [2.0, 1.0]), "r", 0.1) is None  # no spread: nothing to rank
+
+
+def test_spearman_by_hand():
+    assert average_ranks([3.0, 1.0, 3.0]) == [2.5, 1.0, 2.5]
+    assert average_ranks([3.0, 1.0, 2.0], descending=True) == [1.0, 3.0, 2.0]
+    assert spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
+    # ranks x = (1, 2, 3), y = (1.5, 1.5, 3): rho = 1.5 / sqrt(2 * 1.5)
+    assert spearman([1, 2, 3], [0, 0, 5]) == pytest.approx(1.5 / math.sqrt(3.0))
+    assert spearman([1, 1, 1], [0, 1, 2]) == 0.0
+
+
+def test_expert_rank_is_among_all_admissible_actions():
+    state = _state([0.9, 0.1], [0.1, 0.7, 0.7, 0.2], expert="b", admissible=["a0", "a1", "b", "c"])
+    assert expert_rank(state, "r") == 1.5  # tied first with a1
+    assert expert_rank(_state([0.9, 0.1], [1.0, 0.0], expert="zz"), "r") is None
+
+
+def test_split_half_agreement():
+    state = _state([0.9, 0.1, 0.5], [0, 0, 0], halves=([1.0, 0.0, 0.5], [0.8, 0.2, 0.8]))
+    # pairs (0,1): both halves agree; (0,2): +0.5 vs 0.0 -> tie -> 1/2; (1,2): -0.5 vs -0.6 agree
+    assert split_half_credits(state, 0.1) == [1.0, 0.5, 1.0]
+    assert estimate_agreement([state], 0.1, resamples=50)["value"] == pytest.approx(2.5 / 3)
+
+
+def test_grade_ranker_pools_pairs_over_states_and_bootstraps_over_states():
+    good = _state([1.0, 0.0], [0.9, 0.1])
+    bad = _state([1.0, 0.0, 0.5], [0.1, 0.9, 0.5])  # 3 pairs, all wrong
+    report = grade_ranker([good, bad], "r", delta=0.1, resamples=200)
+    assert report["pairwise_accuracy"]["value"] == pytest.approx(1 / 4) and report["pairwise_accuracy"]["n"] == 4
+    low, high = report["pairwise_accuracy"]["ci95"]
+    assert 0.0 <= low <= 0.25 <= high <= 1.0
+    assert report["top1_agreement"]["value"] == 0.5
+    assert report["spearman"]["value"] == pytest.approx(0.0)  # +1 and -1
+
+
+def test_bootstrap_interval_of_a_constant_is_the_constant():
+    assert bootstrap_ci([(1.0, 1)] * 10, resamples=100) == [1.0, 1.0]
+    assert all(math.isnan(v) for v in bootstrap_ci([], resamples=10))
