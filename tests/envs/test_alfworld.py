@@ -241,3 +241,93 @@ def test_grammar_parse_cache_serves_warm_resets_with_identical_text(alfworld_roo
             assert (a.text, a.task, a.admissible_actions) == (b.text, b.task, b.admissible_actions)
         step = env.step(after[1].admissible_actions[0])
         assert step.observation.text != "Nothing happens."
+
+
+# -- the true state id -------------------------------------------------------------------------------------------------
+
+
+def test_world_state_id_is_a_digest_of_the_sorted_positive_world_facts():
+    import hashlib
+
+    from textworld.logic import Proposition, Variable
+
+    from agentprm.envs.alfworld import world_state_id
+
+    agent, drawer, loc = Variable("agent1", "agent"), Variable("drawer_1", "receptacle"), Variable("loc_2", "location")
+    facts = [Proposition("opened", [drawer]), Proposition("atlocation", [agent, loc])]
+    expected = hashlib.sha256(b"atlocation(agent1,loc_2)\nopened(drawer_1)").hexdigest()[:16]
+    assert world_state_id(facts) == world_state_id(facts[::-1]) == expected
+    elsewhere = Proposition("atlocation", [agent, Variable("loc_9", "location")])
+    noise = [Proposition("checked", [drawer]), elsewhere.negate()]
+    assert world_state_id(facts + noise) == expected  # bookkeeping and negated facts are no part of the world
+    assert world_state_id(facts[:1]) != expected
+
+
+def test_checked_is_bookkeeping_in_the_generated_domain(alfworld_root):
+    """No precondition, goal or grammar rule reads a BOOKKEEPING_PREDICATES fact, so dropping it loses nothing."""
+    import re
+
+    from agentprm.envs.alfworld import BOOKKEEPING_PREDICATES
+
+    root, _ = alfworld_root
+    for game in alfworld_games(root, "train"):
+        data = json.loads(Path(game.source).read_text())
+        domain = re.sub(r";[^\n]*", "", data["pddl_domain"].lower())  # PDDL comments run to the end of the line
+        actions = domain.split("(:action")[1:]
+        assert len(actions) > 10 and all(":effect" in action for action in actions)
+        preconditions = " ".join(action.split(":effect")[0] for action in actions)
+        goal = data["pddl_problem"].lower().split("(:goal")[1]
+        for predicate in BOOKKEEPING_PREDICATES:
+            assert predicate in domain and predicate not in preconditions + goal + data["grammar"].lower()
+
+
+def _goto(obs) -> list[str]:
+    return [a for a in obs.admissible_actions if a.startswith("go to ")]
+
+
+def test_state_id_is_the_same_world_reached_by_another_path(alfworld_root):
+    root, _ = alfworld_root
+    game = alfworld_games(root, "train", task_types=["pick_and_place_simple"])[0]
+    with AlfworldEnv() as env:
+        start = env.reset(game)
+        first, second = _goto(start)[:2]
+        env.step(first)
+        via_first = env.step(second).observation
+        unchanged = [env.step(command).observation for command in ("look", "inventory", "help")]
+        again = env.reset(game)
+        direct = env.step(second).observation
+    with AlfworldEnv() as fresh:  # a new engine: object naming comes from a new load
+        reloaded = fresh.reset(game)
+    assert via_first.info["state_id"] == direct.info["state_id"] != start.info["state_id"]
+    assert {o.info["state_id"] for o in unchanged} == {direct.info["state_id"]}  # "look" changes no world fact
+    assert start.info["state_id"] == again.info["state_id"] == reloaded.info["state_id"]
+    assert len(start.info["state_id"]) == 16 and int(start.info["state_id"], 16) >= 0
+
+
+def test_state_id_separates_worlds_behind_the_same_text(alfworld_root):
+    root, _ = alfworld_root
+    with AlfworldEnv() as env:
+        start = env.reset(alfworld_games(root, "train", task_types=["pick_and_place_simple"])[0])
+        here = env.step("not a command").observation
+        env.step(_goto(start)[0])
+        there = env.step("not a command").observation
+        assert here.text == there.text == "Nothing happens."
+        assert here.info["state_id"] == start.info["state_id"] != there.info["state_id"]
+
+
+        # open then close gives back the world before the open (the engine's not_opened / checked facts dropped)
+        found = None
+        for game in alfworld_games(root, "train"):
+            obs = env.reset(game)
+            for command in _goto(obs):
+                closed = env.step(command).observation
+                openers = [a for a in closed.admissible_actions if a.startswith("open ")]
+                if openers:
+                    found = openers[0]
+                    break
+            if found:
+                break
+        assert found, "no openable receptacle in the session's train games"
+        opened = env.step(found).observation
+        reclosed = env.step(found.replace("open ", "close ", 1)).observation
+        assert opened.info["state_id"] != closed.info["state_id"] == reclosed.info["state_id"]

@@ -11,10 +11,15 @@ it is chosen when the environment is built; rollouts that need no expert skip it
 
 Resets reuse the PDDL-to-SAS translation (``pddl_cache``): a game already seen in this process (or in the disk cache)
 resets without translating again.
+
+Every observation carries ``info["state_id"]``, the engine's TRUE world state (:func:`world_state_id`): a digest of
+the PDDL facts that hold now, so two different action sequences reaching the same world share it, and two worlds
+behind the same text ("Nothing happens." in two places) do not. ``mc_targets`` pools Monte Carlo visits by it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -98,6 +103,25 @@ def alfworld_games(root: str | os.PathLike | None, split: str, task_types=None, 
     if not games:
         raise EnvError(f"No ALFWorld games of types {sorted(wanted)} under {split_dir}.")
     return games
+
+
+# Predicates the domain writes but never reads: ``checked(x)`` is set by look, inventory, help, examine and open, and
+# appears in no precondition, goal or grammar rule (tested on the generated domain), so it changes no future.
+BOOKKEEPING_PREDICATES = frozenset({"checked"})
+
+
+def world_state_id(facts) -> str:
+    """First 16 hex digits of sha256 over the sorted world facts, one ``name(arg,...)`` line each.
+
+    ``facts`` are the engine's propositions (``state["_facts"]``, which ``PddlEnv`` rebuilds at every step). Their
+    arguments are the PDDL object ids of the problem file ("drawer_bar__minus_04_dot_43_..."), not the demangled
+    names shown to the agent, so the id does not depend on naming order. Left out: negated facts (the engine keeps
+    "not_opened(x)" after a close, while a never-opened x has no fact at all: the same world) and
+    :data:`BOOKKEEPING_PREDICATES` (else "look" or "inventory" would make a new state of an unchanged world).
+    """
+    lines = sorted(f"{fact.name}({','.join(arg.name for arg in fact.arguments)})" for fact in facts
+                   if not fact.is_negation and fact.name not in BOOKKEEPING_PREDICATES)
+    return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()[:16]
 
 
 def split_intro(feedback: str) -> tuple[str, str]:
@@ -199,7 +223,8 @@ class AlfworldEnv:
             text=text,
             admissible_actions=list(state["admissible_commands"]),
             task_type=self._game.task_type if self._game else "",
-            info={"won": bool(state["won"]), "gamefile": self._loaded_source},
+            info={"won": bool(state["won"]), "gamefile": self._loaded_source,
+                  "state_id": world_state_id(state["_facts"])},
         )
 
     def expert_action(self) -> str | None:

@@ -10,6 +10,10 @@ from agentprm.envs.registry import env_version
 from agentprm.envs.runner import EpisodeResult
 
 
+def _with_state_id(extra: dict, info: dict) -> dict:
+    return {**extra, "state_id": info["state_id"]} if "state_id" in info else dict(extra)
+
+
 def episode_record(
     result: EpisodeResult,
     env_name: str,
@@ -23,7 +27,9 @@ def episode_record(
     """The trajectory record of one finished episode.
 
     ``responses`` are the raw model outputs per step (default: the commands themselves, as for an expert);
-    ``reasons`` the parsed reasoning; ``extras`` per-step data such as the sample's log-probability.
+    ``reasons`` the parsed reasoning; ``extras`` per-step data such as the sample's log-probability. An environment
+    that exposes its true state (ALFWorld: ``obs.info["state_id"]``) has it copied into ``extras["state_id"]`` of
+    the step taken from that observation; ``mc_targets`` pools visits by it.
     """
     n = len(result.transitions)
     responses = list(responses) if responses is not None else [action for _, action, _ in result.transitions]
@@ -42,7 +48,7 @@ def episode_record(
             reward=float(step.reward),
             done=bool(step.done),
             won=bool(step.won),
-            extras=dict(extra),
+            extras=_with_state_id(extra, obs.info),
         )
         for (obs, action, step), response, reason, extra in zip(result.transitions, responses, reasons, extras)
     ]
