@@ -1,12 +1,22 @@
-"""MC Q targets: exact values on hand-made trajectories (merging, remaining-step discount, by-game split, Parquet)."""
+"""MC Q targets: exact values on hand-made trajectories (merging, remaining-step discount, by-game split, state
+keys, Parquet)."""
+
+import hashlib
+import json
 
 import pyarrow.parquet as pq
 import pytest
 
 from agentprm.algorithms.mc_targets import (
+    KEYINGS,
     QTarget,
+    history_state_id,
     mc_q_targets,
+    observation_state_id,
+    pooled_state_id,
     prefix_key,
+    state_action_key,
+    state_counts,
     state_from_target,
     state_key,
     target_histogram,
@@ -173,3 +183,124 @@ def test_replayed_reset_steps_get_no_target_but_stay_in_the_prefix():
     assert table[(1, "b1")].q == 0.0 and table[(2, "a2")].q == 1.0
     assert table[(1, "a1")].state["history"] == [("o0", "a0")]
     assert len(targets) == 4
+
+
+# -- pooling by the environment's true state ---------------------------------------------------------------------------
+
+
+def world(game: str, visits: list[tuple[str, str, str | None]], won: bool) -> TrajectoryRecord:
+    """An episode of (observation, action, recorded state id or None) steps."""
+    record = episode(game, [(obs, action) for obs, action, _ in visits], won)
+    for step_record, (_, _, state_id) in zip(record.steps, visits):
+        if state_id is not None:
+            step_record.extras["state_id"] = state_id
+    return record
+
+
+# A reaches y through x; B goes to y directly (other text on arrival, same world), then fails.
+VIA_X = [("start", "go to x", "s0"), ("at x", "go to y", "sx"), ("at y", "take mug", "sy")]
+DIRECT = [("start", "go to y", "s0"), ("at y, directly", "take mug", "sy"), ("holding mug", "drop mug", "sm")]
+
+
+def test_state_key_merges_two_paths_to_one_world_state():
+    records = [world("g", VIA_X, won=True), world("g", DIRECT, won=False)]
+    targets = mc_q_targets(records, gamma=0.5, val_fraction=0.0, key="state")
+    table = {(t.state["observation"], t.action): t for t in targets}
+    take = table[("at y", "take mug")]  # first visit's observation, history and response are the target's
+    assert take.visits == 2 and take.episode_indices == [0, 1] and take.episode_won == [True, False]
+    assert take.q == pytest.approx((0.5**0 * 1 + 0.5**1 * 0) / 2)
+    assert take.step_index == 2 and take.steps_remaining == 0 and take.state["history"] == [("start", "go to x"),
+                                                                                             ("at x", "go to y")]
+    assert table[("start", "go to x")].q == 0.25 and table[("at x", "go to y")].q == 0.5
+    assert table[("start", "go to y")].q == 0.0 and table[("holding mug", "drop mug")].q == 0.0
+    assert len(targets) == 5
+    assert take.key == state_action_key("g", "sy", "take mug")
+    # sibling actions at the start share one state group; every other state has one action
+    assert take.state_id == pooled_state_id("g", "sy") == "state:" + hashlib.sha256(
+        json.dumps(["g", "sy"]).encode()).hexdigest()
+    groups = {}
+    for target in targets:
+        groups.setdefault(state_key(target), []).append(target.action)
+    assert groups[pooled_state_id("g", "s0")] == ["go to x", "go to y"] and len(groups) == 4
+    assert state_counts(targets) == {"states": 4, "multi_action_states": 1}
+
+    by_prefix = mc_q_targets(records, gamma=0.5, val_fraction=0.0, key="prefix")
+    assert len(by_prefix) == 6 and all(t.visits == 1 for t in by_prefix)
+    assert [t.state_id for t in by_prefix] == [history_state_id("g", t.state["history"], t.state["observation"])
+                                               for t in by_prefix]
+    assert state_key(by_prefix[0]) == state_key(by_prefix[3])  # the same first observation, empty history
+    assert state_counts(by_prefix) == {"states": 5, "multi_action_states": 1}
+
+
+def test_state_key_keeps_games_apart_and_every_visit_counts():
+    loop = [("start", "go to x", "s0"), ("at x", "go to start", "sx"), ("start again", "go to x", "s0"),
+            ("at x", "look", "sx")]
+    records = [world("g", loop, won=True), world("h", VIA_X, won=True)]
+    targets = mc_q_targets(records, gamma=0.5, val_fraction=0.0, key="state")
+    revisited = next(t for t in targets if t.game_id == "g" and t.action == "go to x")
+    assert revisited.visits == 2 and revisited.episode_indices == [0, 0]  # steps 0 and 2 of one episode
+    assert revisited.q == pytest.approx((0.5**3 + 0.5**1) / 2)
+    other_game = next(t for t in targets if t.game_id == "h" and t.action == "go to x")
+    assert other_game.visits == 1 and other_game.q == 0.25 and other_game.state_id != revisited.state_id
+
+
+def test_fallback_state_is_the_observation_and_admissible_actions():
+    def plain(pairs, admissible, won):  # no recorded state id, as for TextWorldExpress
+        record = episode("g", pairs, won)
+        for step_record, actions in zip(record.steps, admissible):
+            step_record.admissible_actions = actions
+        return record
+
+    a = plain([("kitchen", "open fridge"), ("hall", "go east")], [["open fridge", "go east"], ["go east"]], True)
+    b = plain([("kitchen", "go east"), ("hall", "go east")], [["go east", "open fridge"], ["go east"]], False)
+    c = plain([("kitchen", "go east")], [["go east"]], False)  # same text, other admissible actions: another state
+    targets = mc_q_targets([a, b, c], gamma=0.5, val_fraction=0.0, key="state")
+    table = {(t.state["observation"], t.action, len(t.state["admissible_actions"])): t for t in targets}
+    assert table[("hall", "go east", 1)].visits == 2 and table[("hall", "go east", 1)].q == 0.5
+    assert table[("kitchen", "go east", 2)].visits == 1 and table[("kitchen", "go east", 1)].visits == 1
+    assert len(targets) == 4
+    kitchen = observation_state_id("kitchen", ["open fridge", "go east"])
+    assert kitchen == observation_state_id("kitchen", ["go east", "open fridge"]) == "obs:" + hashlib.sha256(
+        json.dumps(["kitchen", ["go east", "open fridge"]]).encode()).hexdigest()[:16]
+    assert table[("kitchen", "open fridge", 2)].state_id == pooled_state_id("g", kitchen)
+    assert table[("kitchen", "open fridge", 2)].state_id == table[("kitchen", "go east", 2)].state_id
+
+
+@pytest.mark.parametrize("key", KEYINGS)
+def test_reset_and_branch_prefix_steps_get_no_target(key):
+    reset = world("g", VIA_X, won=True)
+    reset.steps[0].extras["reset"] = True
+    branch = world("g", DIRECT, won=True)
+    branch.steps[0].extras["branch_prefix"] = True
+    branch.steps[1].extras["branch_prefix"] = True
+    targets = mc_q_targets([reset, branch], gamma=0.5, val_fraction=0.0, key=key)
+    assert [(t.episode_index, t.step_index, t.action) for t in targets] == [
+        (0, 1, "go to y"), (0, 2, "take mug"), (1, 2, "drop mug")]
+    assert [t.q for t in targets] == [0.5, 1.0, 1.0]
+    assert targets[1].state["history"] == [("start", "go to x"), ("at x", "go to y")]
+
+
+def test_unknown_key_is_refused():
+    with pytest.raises(ValueError, match="key must be one of"):
+        mc_q_targets([], gamma=0.9, key="observation")
+
+
+def test_parquet_keeps_state_ids_and_reads_version_1(tmp_path):
+    records = [world("g", VIA_X, won=True), world("g", DIRECT, won=False)]
+    pooled = mc_q_targets(records, gamma=0.5, val_fraction=0.0, key="state")
+    targets_to_parquet(pooled, tmp_path / "state.parquet")
+    assert targets_from_parquet(tmp_path / "state.parquet") == pooled
+    assert pq.read_schema(tmp_path / "state.parquet").metadata[b"agentprm.targets_version"] == b"2"
+
+    # a version-1 file (no state_id column), as written before: the state group comes from the history
+    by_prefix = mc_q_targets(records, gamma=0.5, val_fraction=0.0, key="prefix")
+    targets_to_parquet(by_prefix, tmp_path / "v2.parquet")
+    table = pq.read_table(tmp_path / "v2.parquet").drop_columns(["state_id"])
+    metadata = {**table.schema.metadata, b"agentprm.targets_version": b"1"}
+    pq.write_table(table.replace_schema_metadata(metadata), tmp_path / "v1.parquet")
+    old = targets_from_parquet(tmp_path / "v1.parquet")
+    assert old == by_prefix and old[0].state_id.startswith("state:")
+    pq.write_table(table.replace_schema_metadata({**metadata, b"agentprm.targets_version": b"3"}),
+                   tmp_path / "v3.parquet")
+    with pytest.raises(ValueError, match="version 3"):
+        targets_from_parquet(tmp_path / "v3.parquet")

@@ -277,3 +277,26 @@ def test_the_rollout_stage_samples_from_an_inference_server(straight_run, model_
             assert math.isfinite(step.extras["logprob"]) and step.extras["logprob"] < 0
     served = ChatClient(ApiSettings(base_url=model_server, model="any")).check()
     assert str((run / "iter_0" / "policy" / "model").resolve()) in served  # the server loaded pi_0's folder
+
+
+def test_targets_stage_pools_by_the_true_state_when_asked(straight_run, tmp_path):
+    """targets.key=state on the run's own rollouts: no more keys or states than the prefix keys (a prefix fixes the
+    world state it reaches), and targets.json names the keying and counts the states."""
+    from agentprm.algorithms.mc_targets import state_counts, targets_from_parquet
+    from agentprm.pipeline.run import RunContext
+    from agentprm.pipeline.run_stages import targets
+
+    out, _ = straight_run
+    data = yaml.safe_load((out / "config.yaml").read_text())
+    stats = {}
+    for key in ("prefix", "state"):
+        data["targets"]["key"] = key
+        folder = tmp_path / key
+        folder.mkdir()
+        targets(RunContext(load_config(RunConfig, data), out), folder, 1)
+        stats[key] = json.loads((folder / "targets.json").read_text())
+        found = targets_from_parquet(folder / "targets.parquet")
+        assert stats[key]["key"] == key and stats[key]["keys"] == len(found)
+        assert {k: stats[key][k] for k in ("states", "multi_action_states")} == state_counts(found)
+    assert stats["prefix"] == json.loads((out / "iter_1" / "targets" / "targets.json").read_text())
+    assert stats["state"]["keys"] <= stats["prefix"]["keys"] and stats["state"]["states"] <= stats["prefix"]["states"]

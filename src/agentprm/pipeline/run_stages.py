@@ -150,12 +150,13 @@ def rollout_games(games: list, count: int, iteration: int) -> list:
 
 
 def targets(ctx: RunContext, out: Path, iteration: int) -> None:
-    from agentprm.algorithms.mc_targets import mc_q_targets, target_histogram, targets_to_parquet
+    from agentprm.algorithms.mc_targets import mc_q_targets, state_counts, target_histogram, targets_to_parquet
     from agentprm.metrics import MetricsLogger
     from agentprm.pipeline.rollouts import read_rollouts
 
     records = read_rollouts(ctx.dir / f"iter_{iteration}" / "rollouts")
-    found = mc_q_targets(records, ctx.config.targets.gamma, ctx.config.targets.val_fraction)
+    settings = ctx.config.targets
+    found = mc_q_targets(records, settings.gamma, settings.val_fraction, key=settings.key)
     if ctx.config.targets.shaping:
         found = shape(ctx, out, iteration, found, records)
     targets_to_parquet(found, out / "targets.parquet")
@@ -163,7 +164,8 @@ def targets(ctx: RunContext, out: Path, iteration: int) -> None:
     wins = sum(r.won for r in records)
     stats = {"episodes": len(records), "episode_success": wins / max(len(records), 1), "keys": len(found),
              "train_keys": sum(t.split == "train" for t in found), "val_keys": sum(t.split == "val" for t in found),
-             "histogram": histogram, "mean_q": sum(t.q for t in found) / max(len(found), 1)}
+             "histogram": histogram, "mean_q": sum(t.q for t in found) / max(len(found), 1),
+             "key": settings.key, **state_counts(found)}
     (out / "targets.json").write_text(json.dumps(stats, indent=2) + "\n")
     with MetricsLogger(out / "metrics.jsonl", "targets", iteration) as metrics:
         metrics.log(0, rollout_success=stats["episode_success"], keys=len(found), mean_q=stats["mean_q"])
