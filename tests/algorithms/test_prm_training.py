@@ -15,13 +15,16 @@ from agentprm.algorithms.prm_training import (
     auc,
     bradley_terry_loss,
     calibration_bins,
+    listwise_loss,
     early_step_auc,
     early_step_scores,
     expected_calibration_error,
     prm_validation_report,
     same_state_ranking,
     select_bt_pairs,
+    soft_bce_listwise_loss,
     soft_bce_loss,
+    state_groups,
     train_prm,
     validation_bce,
 )
@@ -73,6 +76,55 @@ def test_bt_pairs_are_ordered_same_state_and_above_delta():
     assert select_bt_pairs(targets, 0.03) == [(0, 1), (0, 2), (2, 1), (3, 1), (3, 2)]  # x and e0: other states
     assert (0, 3) in select_bt_pairs(targets, 0.005)
     assert select_bt_pairs(targets, 0.6) == [(0, 1), (3, 1)]
+
+
+def test_listwise_loss_by_hand():
+    def loss(z, q, groups, tau):
+        return listwise_loss(torch.tensor(z), torch.tensor(q), groups, tau).item()
+
+    # p_hat = softmax(1, 0) but log softmax(0, 0) = -ln 2 for both actions: ln 2 whatever p_hat
+    assert loss([0.0, 0.0], [1.0, 0.0], [[0, 1]], 1.0) == pytest.approx(LN2, rel=1e-6)
+    # q / tau = (ln 3, 0): p_hat = (3/4, 1/4); z = (ln 3, 0): softmax (3/4, 1/4): the entropy H(3/4)
+    assert loss([LN3, 0.0], [1.0, 0.0], [[0, 1]], 1 / LN3) == pytest.approx(
+        -(0.75 * math.log(0.75) + 0.25 * math.log(0.25)), rel=1e-6)
+    # tau -> 0: p_hat one-hot on the best action; singletons take no part; mean over the groups
+    assert loss([LN3, 0.0], [1.0, 0.9], [[0, 1]], 1e-3) == pytest.approx(-math.log(0.75), rel=1e-6)
+    three = loss([0.0, 0.0, 7.0, 0.0, 0.0, LN2], [1.0, 0.0, 0.3, 0.5, 0.5, 0.5], [[0, 1], [2], [3, 4, 5]], 1.0)
+    assert three == pytest.approx((LN2 + (2 * math.log(4) + LN2) / 3) / 2, rel=1e-6)  # softmax (1/4, 1/4, 1/2)
+    assert loss([3.0, -1.0], [1.0, 0.0], [[0], [1]], 0.1) == 0.0
+    # d/dz = softmax(z) - p_hat
+    logits = torch.zeros(2, requires_grad=True)
+    listwise_loss(logits, torch.tensor([1.0, 0.0]), [[0, 1]], 1.0).backward()
+    e = math.e
+    assert logits.grad.tolist() == pytest.approx([0.5 - e / (1 + e), 0.5 - 1 / (1 + e)], rel=1e-6)
+    combined = soft_bce_listwise_loss(torch.zeros(3), torch.tensor([1.0, 0.0, 0.5]), [[0, 1], [2]], 0.5, 1.0)
+    assert combined.item() == pytest.approx(LN2 + 0.5 * LN2, rel=1e-6)  # BCE at z = 0 is ln 2 for any q
+
+
+def located(game: str, visits: list[tuple[str, str, str]], won: bool) -> TrajectoryRecord:
+    """An episode of (observation, action, state id) steps, the ids as ALFWorld records them."""
+    record = episode(game, [action for _, action, _ in visits], won, [obs for obs, _, _ in visits])
+    for step, (_, _, state_id) in zip(record.steps, visits):
+        step.extras["state_id"] = state_id
+    return record
+
+
+def test_pairs_groups_and_ranking_follow_the_true_state():
+    # Two paths reach the world state "sy" (with other text) and take different actions there.
+    records = [located("g", [("start", "go to x", "s0"), ("at x", "go to y", "sx"), ("at y", "take", "sy")], True),
+               located("g", [("start", "go to y", "s0"), ("at y, directly", "drop", "sy")], False)]
+    by_prefix = mc_q_targets(records, gamma=0.9, val_fraction=0.0, key="prefix")
+    pooled = mc_q_targets(records, gamma=0.9, val_fraction=0.0, key="state")
+    for targets in (by_prefix, pooled):  # the same five (state, action) visits, q by hand
+        assert [(t.action, t.q) for t in targets] == [("go to x", pytest.approx(0.81)), ("go to y", 0.9),
+                                                      ("take", 1.0), ("go to y", 0.0), ("drop", 0.0)]
+    assert state_groups(by_prefix) == [[0, 3], [1], [2], [4]] and select_bt_pairs(by_prefix, 0.03) == [(0, 3)]
+    assert state_groups(pooled) == [[0, 3], [1], [2, 4]] and select_bt_pairs(pooled, 0.03) == [(0, 3), (2, 4)]
+    scores = [0.6, 0.5, 0.9, 0.6, 0.2]  # (0, 3) a tie, (2, 4) right
+    assert same_state_ranking(pooled, scores) == {"states": 3, "multi_action_states": 2, "pairs": 2,
+                                                  "pair_accuracy": 0.75}
+    assert same_state_ranking(by_prefix, scores) == {"states": 4, "multi_action_states": 1, "pairs": 1,
+                                                     "pair_accuracy": 0.5}
 
 
 # -- validation metrics ----------------------------------------------------------------------------------------------
@@ -143,12 +195,17 @@ def test_config_is_validated():
         load_config(PRMTrainConfig, {"bt_delta": 0.0})
     with pytest.raises(ConfigError, match="unknown key"):
         load_config(PRMTrainConfig, {"learning_rate": 1e-3})
+    assert load_config(PRMTrainConfig, {"loss": "soft_bce+listwise"}).list_temperature == 0.1
+    with pytest.raises(ConfigError, match="within_weight"):
+        load_config(PRMTrainConfig, {"within_weight": -0.1})
+    with pytest.raises(ConfigError, match="list_temperature"):
+        load_config(PRMTrainConfig, {"list_temperature": 0.0})
 
 
 # -- a tiny real run -------------------------------------------------------------------------------------------------
 
 
-def demo_targets(demos_path, val_fraction=0.3):
+def demo_targets(demos_path, val_fraction=0.3, key="prefix"):
     """Expert episodes (won) plus, per game, failed branches that take a wrong action and stop (q = 0 there)."""
     records = list(read_trajectories(demos_path))
     failures = []
@@ -160,7 +217,7 @@ def demo_targets(demos_path, val_fraction=0.3):
             last.action = last.response = next(a for a in last.admissible_actions if a != last.action)
             failed.won, failed.total_reward = False, 0.0
             failures.append(failed)
-    return mc_q_targets(records + failures, gamma=0.9, val_fraction=val_fraction)
+    return mc_q_targets(records + failures, gamma=0.9, val_fraction=val_fraction, key=key)
 
 
 def test_prm_trains_validates_saves_and_reloads(sft_model, alfworld_demos, tmp_path):
@@ -224,3 +281,32 @@ def test_same_state_ranking_by_hand():
     assert math.isnan(same_state_ranking(targets[4:], scores[4:])["pair_accuracy"])
     report = prm_validation_report(targets, scores)
     assert report["same_state_pairs"] == 5 and report["same_state_pair_accuracy"] == pytest.approx(0.5)
+
+
+def test_listwise_run_on_true_state_targets(sft_model, alfworld_demos, tmp_path):
+    """soft_bce+listwise on targets pooled by ALFWorld's recorded state ids; batches are states."""
+    from agentprm.models.prm import ProcessRewardModel
+
+    records = list(read_trajectories(alfworld_demos))
+    assert all(step.extras["state_id"] for record in records for step in record.steps)  # episode_record kept them
+    targets = [t for t in demo_targets(alfworld_demos, key="state") if t.split == "train"]
+    games = sorted({t.game_id for t in targets})[:3]
+    targets = [t for t in targets if t.game_id in games]
+    train_groups = state_groups(targets)
+    multi = [len(g) for g in train_groups if len(g) > 1]
+    assert multi  # the failed branches add a second action at a state of the expert's path
+    config = load_config(PRMTrainConfig, {"loss": "soft_bce+listwise", "within_weight": 0.5, "lr": 2e-3,
+                                          "max_steps": 3, "batch_size": 10_000, "warmup_steps": 0,
+                                          "progress": False})
+    summary = train_prm(config, targets, sft_model, tmp_path / "list", PromptConfig(use_chat_template="never"))
+    losses = [m["value"] for m in read_metrics(tmp_path / "list" / "metrics.jsonl", "prm", "loss")]
+    # one micro-batch holds every state; the zero head gives BCE ln 2 and ln(n) per state of n actions
+    assert losses[0] == pytest.approx(LN2 + 0.5 * sum(math.log(n) for n in multi) / len(multi), rel=1e-5)
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
+    assert summary["train_items"] == len(train_groups) and summary["train_multi_action_states"] == len(multi)
+    reloaded = ProcessRewardModel.from_pretrained(tmp_path / "list" / "model")
+    state = state_from_target(targets[0])
+    prompt = render_prompt(state, PromptConfig(use_chat_template="never"), reloaded.tokenizer)
+    assert 0.0 < reloaded.score([prompt], [targets[0].response])[0] < 1.0
+    card = json.loads((tmp_path / "list" / "model" / "agentprm_prm.json").read_text())
+    assert card["config"]["loss"] == "soft_bce+listwise" and card["config"]["within_weight"] == 0.5

@@ -5,9 +5,25 @@ Absolute loss (Eq. 2, default), soft binary cross-entropy against the soft label
     L_BCE = - mean[ Q_hat * log sigmoid(z) + (1 - Q_hat) * log(1 - sigmoid(z)) ]
 
 Relative loss (paper Section 4, "relative loss"): Bradley-Terry on ordered pairs (a1, a2) of actions at the SAME
-state (same game, history and observation) with Q_hat(s, a1) - Q_hat(s, a2) >= delta (0.03):
+state (``mc_targets.state_key``: same game, history and observation under prefix keys, same true state under state
+keys) with Q_hat(s, a1) - Q_hat(s, a2) >= delta (0.03):
 
     L_BT = - mean[ log sigmoid(z(s, a1) - z(s, a2)) ]
+
+Absolute plus within-state loss (``soft_bce+listwise``, not in the paper): the PRM's job at inference (Best-of-N,
+online DPO) is to rank the actions at one state, which soft BCE alone constrains only through the targets' values.
+For a micro-batch of STATES (groups of one state's training targets, ``mc_targets.state_key``; singletons too):
+
+    L = mean_{targets (s, a)} BCE(z(s, a), Q_hat(s, a))
+        + lambda * mean_{states s with >= 2 targets} [ - sum_a p_hat(a | s) log softmax_a z(s, a) ]
+    p_hat(a | s) = softmax_a( Q_hat(s, a) / tau )
+
+the ListNet top-one cross-entropy (Cao et al., 2007) with lambda = ``within_weight`` and tau = ``list_temperature``
+(Q_hat in [0, 1]: tau 0.1 makes a gap of 0.1 worth a factor e). Few states have two actions under the paper's prefix
+keys; pooling targets by the true state (``targets.key: state``) gives the term something to rank. Here the
+trainer's items are the states: ``batch_size`` counts states (each brings all its targets, so a micro-batch holds
+at least ``batch_size`` sequences), length grouping uses a state's longest sequence, and a window of several
+micro-batches averages their losses weighted by their number of states.
 
 The PRM reads ``render_prompt(state) + response`` (``ProcessRewardModel``'s sequence) and is initialised from the
 policy's backbone with a zero head (every initial score 0.5) or from scratch. AdamW, linear warm-up then cosine decay
@@ -41,7 +57,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from agentprm.algorithms.mc_targets import QTarget, state_from_target, state_key, target_histogram
+from agentprm.algorithms.mc_targets import QTarget, state_counts, state_from_target, state_key, target_histogram
 from agentprm.algorithms.sft import batch_order, lr_lambda, process_share
 from agentprm.metrics import MetricsLogger
 from agentprm.models.policy import encode_prompts, encode_responses, eval_no_grad, left_pad, tokenizer_adds_bos
@@ -50,16 +66,24 @@ from agentprm.models.prompts import PromptConfig, render_prompt
 
 @dataclass
 class PRMTrainConfig:
-    loss: Literal["soft_bce", "bradley_terry"] = field(
+    loss: Literal["soft_bce", "bradley_terry", "soft_bce+listwise"] = field(
         default="soft_bce", metadata={"help": "soft_bce: absolute loss on Q_hat (paper default); bradley_terry: "
-                                              "relative loss on pairs of actions at the same state"})
+                                              "relative loss on pairs of actions at the same state; "
+                                              "soft_bce+listwise: soft BCE plus a ListNet term ranking the actions "
+                                              "of each state (batches are states)"})
     bt_delta: float = field(default=0.03, metadata={"help": "Bradley-Terry pairs need Q_hat(a1) - Q_hat(a2) >= this"})
+    within_weight: float = field(default=1.0, metadata={"help": "soft_bce+listwise: lambda, the weight of the "
+                                                                "within-state listwise term"})
+    list_temperature: float = field(default=0.1, metadata={"help": "soft_bce+listwise: tau of the target "
+                                                                   "distribution softmax(Q_hat / tau) over a "
+                                                                   "state's actions"})
     lr: float = field(default=5e-5, metadata={"help": "peak learning rate (pretrained models: 5e-5 as in the paper; "
                                                       "tiny from-scratch models want ~1e-3)"})
     min_lr_ratio: float = field(default=0.1, metadata={"help": "final lr of the cosine decay, as a fraction of lr"})
     epochs: float = field(default=1.0, metadata={"help": "passes over the training targets (or pairs)"})
     max_steps: int = field(default=0, metadata={"help": "optimiser steps (0 = from epochs)"})
-    batch_size: int = field(default=16, metadata={"help": "targets (or pairs) per micro-batch"})
+    batch_size: int = field(default=16, metadata={"help": "targets (pairs; states for soft_bce+listwise, each "
+                                                          "with all its targets) per micro-batch"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimiser step"})
     max_length: int = field(default=512, metadata={"help": "tokens per sequence; longer prompts lose old context"})
     group_by_length: bool = field(default=True, metadata={"help": "batches of sequences (pairs) of similar length "
@@ -86,6 +110,10 @@ class PRMTrainConfig:
             raise ValueError("lr and epochs must be > 0")
         if self.bt_delta <= 0:
             raise ValueError(f"bt_delta must be > 0 (pairs need a strict preference), got {self.bt_delta}")
+        if self.within_weight < 0:
+            raise ValueError(f"within_weight must be >= 0, got {self.within_weight}")
+        if self.list_temperature <= 0:
+            raise ValueError(f"list_temperature must be > 0, got {self.list_temperature}")
         if self.max_steps < 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError("max_steps and warmup_steps must be >= 0 and min_lr_ratio in [0, 1]")
 
@@ -107,15 +135,41 @@ def bradley_terry_loss(logit_a: torch.Tensor, logit_b: torch.Tensor) -> torch.Te
     return -F.logsigmoid(logit_a - logit_b).mean()
 
 
+def listwise_loss(logits: torch.Tensor, q: torch.Tensor, groups: Sequence[Sequence[int]],
+                  temperature: float) -> torch.Tensor:
+    """ListNet cross-entropy, mean over the groups with >= 2 members of -sum_a p_hat(a) log softmax_a(z_a) with
+    p_hat = softmax(q / temperature) over the group; logits and q (B,), ``groups`` index into them. 0 (still a
+    function of ``logits``) when no group has two members."""
+    terms = []
+    for members in groups:
+        if len(members) < 2:
+            continue
+        index = torch.tensor(list(members), device=logits.device)
+        target = torch.softmax(q[index].to(logits.dtype) / temperature, dim=0)  # (group,)
+        terms.append(-(target * torch.log_softmax(logits[index], dim=0)).sum())
+    return torch.stack(terms).mean() if terms else logits.sum() * 0.0
+
+
+def soft_bce_listwise_loss(logits: torch.Tensor, q: torch.Tensor, groups: Sequence[Sequence[int]],
+                           within_weight: float, temperature: float) -> torch.Tensor:
+    """L = soft_bce(z, q) over every target + within_weight * listwise_loss over the groups (module doc)."""
+    return soft_bce_loss(logits, q) + within_weight * listwise_loss(logits, q, groups, temperature)
+
+
+def state_groups(targets: Sequence[QTarget]) -> list[list[int]]:
+    """Indices of the targets of each state (``state_key``), states by first appearance, members in order."""
+    groups: dict[str, list[int]] = {}
+    for index, target in enumerate(targets):
+        groups.setdefault(state_key(target), []).append(index)
+    return list(groups.values())
+
+
 def select_bt_pairs(targets: Sequence[QTarget], delta: float) -> list[tuple[int, int]]:
     """Every ordered pair (i, j) of targets at the same state with q_i - q_j >= delta (i preferred).
 
     Order: states by first appearance, then i, then j in target order.
     """
-    groups: dict[str, list[int]] = {}
-    for index, target in enumerate(targets):
-        groups.setdefault(state_key(target), []).append(index)
-    return [(i, j) for members in groups.values() for i in members for j in members
+    return [(i, j) for members in state_groups(targets) for i in members for j in members
             if targets[i].q - targets[j].q >= delta]
 
 
@@ -184,11 +238,7 @@ def same_state_ranking(targets: Sequence[QTarget], scores: Sequence[float], delt
         raise ValueError(f"{len(targets)} targets but {len(scores)} scores")
     pairs = select_bt_pairs(targets, delta)
     correct = sum(1.0 if scores[i] > scores[j] else 0.5 if scores[i] == scores[j] else 0.0 for i, j in pairs)
-    per_state: dict[str, int] = {}
-    for target in targets:
-        per_state[state_key(target)] = per_state.get(state_key(target), 0) + 1
-    return {"states": len(per_state), "multi_action_states": sum(n > 1 for n in per_state.values()),
-            "pairs": len(pairs), "pair_accuracy": correct / len(pairs) if pairs else math.nan}
+    return {**state_counts(targets), "pairs": len(pairs), "pair_accuracy": correct / len(pairs) if pairs else math.nan}
 
 
 def calibration_bins(scores: Sequence[float], targets: Sequence[float], bins: int = 10) -> list[dict[str, Any]]:
@@ -308,12 +358,32 @@ def _load_prm(config: PRMTrainConfig, init_model_path: str | Path, device: Any) 
     return ProcessRewardModel.from_scratch(tokenizer, AutoConfig.from_pretrained(source), device=device)
 
 
-def _loss(module, items, batch, sequences, q, loss_kind, pad_id, device) -> torch.Tensor:
-    """Loss of one micro-batch: ``batch`` indexes ``items`` (target indices, or (preferred, other) pairs)."""
-    if loss_kind == "soft_bce":
+def training_items(config: PRMTrainConfig, train: Sequence[QTarget]) -> list:
+    """What the trainer batches: target indices (soft_bce), (preferred, other) pairs (bradley_terry) or the
+    targets' state groups (soft_bce+listwise)."""
+    if config.loss == "soft_bce":
+        return list(range(len(train)))
+    if config.loss == "bradley_terry":
+        return select_bt_pairs(train, config.bt_delta)
+    return state_groups(train)
+
+
+def _loss(module, items, batch, sequences, q, config, pad_id, device) -> torch.Tensor:
+    """Loss of one micro-batch: ``batch`` indexes ``items`` (see :func:`training_items`)."""
+    if config.loss == "soft_bce":
         rows = [items[k] for k in batch]
         logits = module(*left_pad([sequences[i] for i in rows], pad_id, device))  # (B,)
         return soft_bce_loss(logits, torch.tensor([q[i] for i in rows], device=device))
+    if config.loss == "soft_bce+listwise":
+        groups = [items[k] for k in batch]
+        rows = [i for members in groups for i in members]
+        logits = module(*left_pad([sequences[i] for i in rows], pad_id, device))  # (targets of the states,)
+        positions, start = [], 0  # each state's rows in the concatenated batch
+        for members in groups:
+            positions.append(list(range(start, start + len(members))))
+            start += len(members)
+        return soft_bce_listwise_loss(logits, torch.tensor([q[i] for i in rows], device=device), positions,
+                                      config.within_weight, config.list_temperature)
     pairs = [items[k] for k in batch]
     seqs = [sequences[a] for a, _ in pairs] + [sequences[b] for _, b in pairs]
     logits = module(*left_pad(seqs, pad_id, device))  # (2B,): preferred first, then the others
@@ -347,18 +417,17 @@ def train_prm(config: PRMTrainConfig, targets: list[QTarget], init_model_path: s
     out = Path(out_dir)
     train = [t for t in targets if t.split == "train"]
     val = [t for t in targets if t.split == "val"]
-    items = list(range(len(train))) if config.loss == "soft_bce" else select_bt_pairs(train, config.bt_delta)
+    items = training_items(config, train)
     if not items:
-        raise PRMTrainError(f"no training {'targets' if config.loss == 'soft_bce' else 'pairs'} "
+        raise PRMTrainError(f"no training {'pairs' if config.loss == 'bradley_terry' else 'targets'} "
                             f"({len(train)} train targets; bt_delta={config.bt_delta})")
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     device = accelerator.device
     prm = _load_prm(config, init_model_path, device)
     train_seqs = encode_targets(train, prm.tokenizer, prompt_config, config.max_length)
     lengths = None
-    if config.group_by_length:  # a pair costs as much as its longer sequence
-        lengths = [len(train_seqs[i]) if config.loss == "soft_bce"
-                   else max(len(train_seqs[i[0]]), len(train_seqs[i[1]])) for i in items]
+    if config.group_by_length:  # a pair or a state group costs as much as its longest sequence
+        lengths = [len(train_seqs[i]) if isinstance(i, int) else max(len(train_seqs[j]) for j in i) for i in items]
     val_seqs = encode_targets(val, prm.tokenizer, prompt_config, config.max_length)
     train_q, val_q = [t.q for t in train], [t.q for t in val]
 
@@ -368,7 +437,7 @@ def train_prm(config: PRMTrainConfig, targets: list[QTarget], init_model_path: s
                                 enabled=accelerator.is_main_process)
 
     def micro_batch_loss(module: torch.nn.Module, batch: list[int]) -> torch.Tensor:
-        return _loss(module, items, batch, train_seqs, train_q, config.loss, prm.pad_id, device)
+        return _loss(module, items, batch, train_seqs, train_q, config, prm.pad_id, device)
 
     def val_scores(module: torch.nn.Module) -> list[float]:
         return predict_scores(module, val_seqs, prm.pad_id, device, config.eval_batch_size)
@@ -388,7 +457,8 @@ def train_prm(config: PRMTrainConfig, targets: list[QTarget], init_model_path: s
     sample = list(range(0, len(train), math.ceil(len(train) / 128) or 1))  # at most 128 train targets
     train_scores = predict_scores(module, [train_seqs[i] for i in sample], prm.pad_id, device, config.eval_batch_size)
     summary = {"steps": total_steps, "loss": config.loss, "train_targets": len(train), "val_targets": len(val),
-               "train_items": len(items), "first_loss": losses[0], "final_loss": losses[-1],
+               "train_items": len(items), "train_multi_action_states": state_counts(train)["multi_action_states"],
+               "first_loss": losses[0], "final_loss": losses[-1],
                "train_bce": validation_bce(train_scores, [train_q[i] for i in sample]), "val_bce": report["bce"],
                "early_step_auc": report["early_step_auc"], "ece": report["ece"],
                "seconds": time.perf_counter() - start_time, "model": "model"}  # relative: the run renames the folder
@@ -404,8 +474,9 @@ def fit_prm_module(config: PRMTrainConfig, prm: Any, accelerator: Any, num_items
     """The optimisation shared by the PRM trainers: AdamW, linear warm-up then cosine decay, ``num_items`` items in
     seeded (length-grouped when ``lengths``) batches of ``config.batch_size``, ``config.grad_accum`` micro-batches
     per step, clipping; logs ``loss`` and ``lr`` every step and ``evaluate(module)``'s dict every ``eval_every``
-    steps and at the end. ``micro_batch_loss(module, batch)`` gives the mean loss of a micro-batch of item indices.
-    Returns the (prepared) module, the per-step losses and the number of steps."""
+    steps and at the end. ``micro_batch_loss(module, batch)`` gives the mean loss of a micro-batch of item indices
+    (an item is a target, a pair or a state: :func:`training_items`). Returns the (prepared) module, the per-step
+    losses and the number of steps."""
     from tqdm import tqdm
 
     steps_per_epoch = max(1, math.ceil(math.ceil(num_items / config.batch_size) / config.grad_accum))
