@@ -66,6 +66,12 @@ from agentprm.models.prompts import PromptConfig, render_prompt
 
 @dataclass
 class PRMTrainConfig:
+    kind: Literal["scalar", "implicit"] = field(default="scalar", metadata={
+        "help": "scalar: a scalar head on the policy's backbone fit to the MC targets (the paper); implicit: "
+                "Q(s, a) = sigmoid(beta log pi_phi(a|s) / pi_ref(a|s)) with phi initialised to the policy, trained "
+                "by episode cross-entropy on the rollouts' outcomes (Yuan et al. 2024; batch_size counts "
+                "episodes, eval_batch_size sequences per chunk; loss is not used)"})
+    beta: float = field(default=0.1, metadata={"help": "implicit PRM: beta of the log-ratio score"})
     loss: Literal["soft_bce", "bradley_terry", "soft_bce+listwise"] = field(
         default="soft_bce", metadata={"help": "soft_bce: absolute loss on Q_hat (paper default); bradley_terry: "
                                               "relative loss on pairs of actions at the same state; "
@@ -110,6 +116,8 @@ class PRMTrainConfig:
             raise ValueError("lr and epochs must be > 0")
         if self.bt_delta <= 0:
             raise ValueError(f"bt_delta must be > 0 (pairs need a strict preference), got {self.bt_delta}")
+        if self.beta <= 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
         if self.within_weight < 0:
             raise ValueError(f"within_weight must be >= 0, got {self.within_weight}")
         if self.list_temperature <= 0:

@@ -82,6 +82,13 @@ class RolloutSettings:
     reset_fraction: float = field(default=0.0, metadata={
         "help": "reset distribution: fraction of the episodes per game that first replay a random prefix of the "
                 "game's expert demonstration (the same prefix for a game's reset episodes; 0 = off)"})
+    branch_states: int = field(default=0, metadata={
+        "help": "branching rollouts: branch points per base episode, where branch_actions distinct actions "
+                "(drawn from pi without replacement) are each followed by branch_continuations continuations "
+                "replayed in the engine (0 = off)"})
+    branch_actions: int = field(default=3, metadata={"help": "branching rollouts: distinct actions per branch point"})
+    branch_continuations: int = field(default=2, metadata={
+        "help": "branching rollouts: continuations of pi per branch action"})
 
 
 @dataclass
@@ -215,8 +222,21 @@ class RunConfig:
             raise ValueError(f"rollouts.steer_fraction must be in [0, 1], got {self.rollouts.steer_fraction}")
         if self.rollouts.steer_fraction and not self.rollouts.hint.strip():
             raise ValueError("rollouts.steer_fraction > 0 needs a non-empty rollouts.hint")
+        if self.rollouts.branch_states < 0:
+            raise ValueError(f"rollouts.branch_states must be >= 0, got {self.rollouts.branch_states}")
+        if self.rollouts.branch_states and self.rollouts.branch_actions < 2:
+            raise ValueError(f"rollouts.branch_actions must be >= 2 (a contrast needs two actions), got "
+                             f"{self.rollouts.branch_actions}")
+        if self.rollouts.branch_states and self.rollouts.branch_continuations < 1:
+            raise ValueError(f"rollouts.branch_continuations must be >= 1, got {self.rollouts.branch_continuations}")
         if not 0.0 <= self.rollouts.reset_fraction <= 1.0:
             raise ValueError(f"rollouts.reset_fraction must be in [0, 1], got {self.rollouts.reset_fraction}")
+        if self.rollouts.branch_states and self.policy.mode != "admissible":
+            raise ValueError("rollouts.branch_states needs policy.mode: admissible (distinct actions are drawn from "
+                             "the policy's distribution over the admissible actions)")
+        if self.prm.kind == "implicit" and (self.algorithm != "agentprm" or self.targets.shaping):
+            raise ValueError("prm.kind: implicit is trained on the rollouts' outcomes: it needs algorithm: agentprm "
+                             "and targets.shaping: false")
         if self.policy.server_url and self.policy.mode != "free":
             raise ValueError("policy.server_url needs policy.mode: free (servers do not score admissible actions)")
         if self.model.source == "path" and not self.model.path:

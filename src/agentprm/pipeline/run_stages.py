@@ -120,7 +120,29 @@ def rollouts(ctx: RunContext, out: Path, iteration: int) -> None:
                      c.rollouts.max_steps, policy_id=f"pi_{iteration - 1}", seed=seed,
                      num_envs=c.num_envs, workers=c.pool(), progress=c.progress,
                      prefixes=reset_shards(ctx, games, seed),
-                     wrap_agent=steer if c.rollouts.steer_fraction else None)
+                     wrap_agent=steer if c.rollouts.steer_fraction else None,
+                     branch_plan=branch_plan(ctx, policy, games, seed) if c.rollouts.branch_states else None)
+
+
+def branch_plan(ctx: RunContext, policy, games: list, seed: int):
+    """Branching rollouts (``pipeline.branching.plan_branches``) from the base shards, actions drawn at the
+    rollout temperature with the policy's own log-probabilities (one shared prompt pass per state)."""
+    from agentprm.models.prompts import PromptState, format_response, render_prompt
+    from agentprm.pipeline.branching import BranchSettings, plan_branches
+
+    c = ctx.config
+    settings = BranchSettings(c.rollouts.branch_states, c.rollouts.branch_actions, c.rollouts.branch_continuations,
+                              c.rollouts.temperature)
+
+    def score(records: list, steps: list[int]) -> list:
+        states = [PromptState.from_trajectory(r, t) for r, t in zip(records, steps)]
+        actions = [list(dict.fromkeys(s.admissible_actions)) for s in states]
+        responses = [[format_response(a, "", c.prompt) for a in acts] for acts in actions]
+        prompts = [render_prompt(s, c.prompt, policy.tokenizer) for s in states]
+        return list(zip(actions, responses, policy.score_candidates(prompts, responses)))
+
+    by_id = {game.game_id: game for game in games}
+    return lambda records: plan_branches(records, by_id, settings, score, c.rollouts.max_steps, seed)
 
 
 def reset_shards(ctx: RunContext, games: list, seed: int) -> dict[int, dict[str, list[str]]]:
@@ -203,6 +225,15 @@ def train_prm(ctx: RunContext, out: Path, iteration: int) -> None:
 
     found = targets_from_parquet(ctx.dir / f"iter_{iteration}" / "targets" / "targets.parquet")
     config = dataclasses.replace(ctx.config.prm, seed=_seed(ctx, "prm", iteration), progress=ctx.config.progress)
+    if config.kind == "implicit":  # trained on the rollouts' outcomes; validated on the same held-out targets
+        from agentprm.algorithms.implicit_prm import train_implicit_prm
+        from agentprm.pipeline.rollouts import read_rollouts
+
+        records = read_rollouts(ctx.dir / f"iter_{iteration}" / "rollouts")
+        train_implicit_prm(config, records, str(ctx.policy_path(iteration - 1)), out, ctx.config.prompt,
+                           [t for t in found if t.split == "val"], ctx.config.targets.val_fraction,
+                           iteration=iteration)
+        return
     fit_prm(config, found, str(ctx.policy_path(iteration - 1)), out, ctx.config.prompt, iteration=iteration)
 
 
@@ -287,10 +318,10 @@ def train_inverse_prm(ctx: RunContext, out: Path, iteration: int) -> None:
 def train_policy(ctx: RunContext, out: Path, iteration: int) -> None:
     from agentprm.algorithms.dpo_trainer import train_online_dpo
     from agentprm.metrics import MetricsLogger
-    from agentprm.models.prm import ProcessRewardModel
+    from agentprm.models.implicit_prm import load_prm
 
     states = _policy_states(ctx, iteration)
-    prm = ProcessRewardModel.from_pretrained(ctx.prm_path(iteration - 1))
+    prm = load_prm(ctx.prm_path(iteration - 1))
     seed = _seed(ctx, "dpo", iteration)
     config = dataclasses.replace(ctx.config.dpo, seed=seed, progress=ctx.config.progress,
                                  mode=ctx.config.policy.mode)
@@ -375,15 +406,15 @@ def trajectory_dpo_policy(ctx: RunContext, out: Path, iteration: int) -> None:
 def _agent(ctx: RunContext, policy_iteration: int, prm_iteration: int | None, n: int, seed: int):
     from agentprm.agents.best_of_n import BestOfNAgent
     from agentprm.agents.policy_agent import PolicyAgent
+    from agentprm.models.implicit_prm import load_prm
     from agentprm.models.policy import Policy
-    from agentprm.models.prm import ProcessRewardModel
 
     c = ctx.config
     policy = Policy.from_pretrained(ctx.policy_path(policy_iteration))
     if prm_iteration is None:
         return PolicyAgent(policy, prompt=c.prompt, mode=c.policy.mode, temperature=c.eval.temperature,
                            max_new_tokens=c.policy.max_new_tokens, seed=seed)
-    prm = ProcessRewardModel.from_pretrained(ctx.prm_path(prm_iteration))
+    prm = load_prm(ctx.prm_path(prm_iteration))
     return BestOfNAgent(policy, prm, n=n, prompt=c.prompt, mode=c.policy.mode, temperature=c.eval.bon_temperature,
                         max_new_tokens=c.policy.max_new_tokens, seed=seed)
 
