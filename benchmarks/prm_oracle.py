@@ -60,7 +60,7 @@ def estimate(args: argparse.Namespace) -> None:
 
 
 def grade(args: argparse.Namespace) -> None:
-    from agentprm.algorithms.action_ranking import estimate_agreement, grade_ranker
+    from agentprm.algorithms.action_ranking import estimate_agreement, grade_ranker, paired_difference
     from agentprm.config import load_config
     from agentprm.models.implicit_prm import load_prm
     from agentprm.pipeline.oracle import graded_states, load_states, score_states
@@ -80,13 +80,17 @@ def grade(args: argparse.Namespace) -> None:
         rows[name] = {"ranker": name, "what": path, "scoring_s": time.perf_counter() - start}
     for name, row in rows.items():
         row.update(grade_ranker(states, name, delta=args.delta, seed=args.seed))
+        if name != "policy":
+            row["minus_policy"] = paired_difference(states, name, "policy", delta=args.delta, seed=args.seed)
     agreement = estimate_agreement(states, delta=args.delta, seed=args.seed)
     print(f"{len(states)} states, {agreement['n']} pairs with |dQ| >= {args.delta}; split-half agreement "
           f"{fmt(agreement)}")
-    print("| ranker | pairwise accuracy | top-1 agreement | Spearman | expert rank | expert first |")
-    print("|---|---|---|---|---|---|")
+    print("| ranker | pairwise accuracy | minus the policy's (paired) | top-1 agreement | Spearman | expert rank "
+          "| expert first |")
+    print("|---|---|---|---|---|---|---|")
     for name, row in rows.items():
-        print(f"| {name} | {fmt(row['pairwise_accuracy'])} | {fmt(row['top1_agreement'])} | "
+        gap = fmt(row["minus_policy"]) if "minus_policy" in row else ""
+        print(f"| {name} | {fmt(row['pairwise_accuracy'])} | {gap} | {fmt(row['top1_agreement'])} | "
               f"{fmt(row['spearman'], False)} | {fmt(row['expert_mean_rank'], False)} | {fmt(row['expert_first'])} |")
     if args.results:
         merge_results(Path(args.results), args, data, rows, agreement, len(states))
@@ -120,7 +124,8 @@ def merge_results(path: Path, args: argparse.Namespace, data: dict, rows: dict, 
                             "pairwise_accuracy": row["pairwise_accuracy"]["value"],
                             "pairwise_ci95": row["pairwise_accuracy"]["ci95"],
                             "policy_pairwise_accuracy": policy["pairwise_accuracy"]["value"],
-                            "policy_pairwise_ci95": policy["pairwise_accuracy"]["ci95"]}
+                            "policy_pairwise_ci95": policy["pairwise_accuracy"]["ci95"],
+                            "minus_policy": row.get("minus_policy")}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"-> {path}")

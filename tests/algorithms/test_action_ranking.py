@@ -12,6 +12,7 @@ from agentprm.algorithms.action_ranking import (
     expert_rank,
     grade_ranker,
     pair_credits,
+    paired_difference,
     spearman,
     split_half_credits,
     top1_credit,
@@ -74,3 +75,13 @@ def test_grade_ranker_pools_pairs_over_states_and_bootstraps_over_states():
 def test_bootstrap_interval_of_a_constant_is_the_constant():
     assert bootstrap_ci([(1.0, 1)] * 10, resamples=100) == [1.0, 1.0]
     assert all(math.isnan(v) for v in bootstrap_ci([], resamples=10))
+
+
+def test_paired_difference_is_the_accuracy_gap_on_the_same_pairs():
+    good = _state([1.0, 0.0], [0.9, 0.1])
+    good.scores["b"] = {"a0": 0.1, "a1": 0.9}
+    mixed = _state([1.0, 0.0, 0.5], [0.9, 0.1, 0.5])
+    mixed.scores["b"] = {"a0": 0.5, "a1": 0.1, "a2": 0.9}  # pairs (0,1) right, (0,2) wrong, (1,2) right
+    result = paired_difference([good, mixed], "r", "b", delta=0.1, resamples=200)
+    assert result["value"] == pytest.approx((4 - 2) / 4) and result["n"] == 4
+    assert result["ci95"][0] <= result["value"] <= result["ci95"][1]
