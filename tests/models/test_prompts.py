@@ -11,6 +11,7 @@ from agentprm.envs.base import Game, Observation
 from agentprm.models.prompts import (
     PromptConfig,
     PromptState,
+    candidate_actions,
     cut_words,
     encode_prompts_within,
     format_response,
@@ -210,6 +211,11 @@ def test_actions_sorted_unsorted_and_hidden():
 def test_prepare_actions_drops_duplicates_and_empties():
     assert prepare_actions(["look", "b", "", "look", " a "], sort=True) == ["a", "b", "look"]
     assert prepare_actions(["look", "b", "look", "a"], sort=False) == ["look", "b", "a"]
+
+
+def test_candidate_actions_drop_repeats_in_the_engine_order():
+    assert candidate_actions(["look", "go to desk 1", "look", "inventory"]) == ["look", "go to desk 1", "inventory"]
+    assert candidate_actions([]) == ["look"]
 
 
 # -- states ----------------------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from agentprm.algorithms.sft_data import in_validation
-from agentprm.models.prompts import PromptConfig, PromptState, format_response, render_prompt
+from agentprm.models.prompts import PromptConfig, PromptState, candidate_actions, format_response, render_prompt
 
 __all__ = ["OutcomeFreeStep", "OutcomeFreeEpisode", "InverseTransition", "outcome_free", "episode_transitions",
            "class_weights", "inverse_prm_loss", "sample_next_responses"]
@@ -127,7 +127,8 @@ def sample_next_responses(policy: Any, transitions: Sequence[InverseTransition],
                           max_new_tokens: int = 48, batch_size: int = 64) -> None:
     """Fill ``next_response`` = a' ~ pi_{i-1}(. | s') for every transition with a next state, in place.
 
-    ``admissible`` mode samples among the next state's admissible actions (written as ``format_response``);
+    ``admissible`` mode samples among the next state's distinct admissible actions (``candidate_actions``, written
+    as ``format_response``);
     ``free`` mode generates text. Batch b uses seed ``seed * 1_000_003 + b``: reproducible for a given order.
     """
     todo = [t for t in transitions if t.next_state is not None]
@@ -137,8 +138,8 @@ def sample_next_responses(policy: Any, transitions: Sequence[InverseTransition],
         prompts = [render_prompt(s, prompt_config, policy.tokenizer) for s in states]
         batch_seed = seed * 1_000_003 + batch_index
         if mode == "admissible":
-            candidates = [[format_response(a, "", prompt_config) for a in dict.fromkeys(s.admissible_actions or
-                                                                                         ["look"])] for s in states]
+            candidates = [[format_response(a, "", prompt_config) for a in candidate_actions(s.admissible_actions)]
+                          for s in states]
             drawn = policy.sample_admissible(prompts, candidates, n=1, temperature=temperature, seed=batch_seed)
         else:
             drawn = policy.generate(prompts, n=1, temperature=temperature, max_new_tokens=max_new_tokens,

@@ -196,6 +196,17 @@ def prepare_actions(actions: Iterable[str], sort: bool) -> list[str]:
     return sorted(unique) if sort else unique
 
 
+def candidate_actions(actions: Iterable[str]) -> list[str]:
+    """The actions an ``admissible``-mode sampler draws from: the engine's list with repeats dropped (first
+    occurrence kept, engine's order), or ``["look"]`` when it is empty.
+
+    One rule for every stage that samples among admissible actions (``PolicyAgent``, ``BestOfNAgent``, online
+    DPO, InversePRM's a', branching rollouts): a repeated action would otherwise count twice in
+    softmax(log pi / T), so the same state would have different action distributions in different stages.
+    """
+    return list(dict.fromkeys(actions)) or ["look"]
+
+
 def _clean_observation(text: str, config: PromptConfig) -> str:
     return one_line(strip_filler(text) if config.strip_filler else text)
 

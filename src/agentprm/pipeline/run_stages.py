@@ -127,7 +127,7 @@ def rollouts(ctx: RunContext, out: Path, iteration: int) -> None:
 def branch_plan(ctx: RunContext, policy, games: list, seed: int):
     """Branching rollouts (``pipeline.branching.plan_branches``) from the base shards, actions drawn at the
     rollout temperature with the policy's own log-probabilities (one shared prompt pass per state)."""
-    from agentprm.models.prompts import PromptState, format_response, render_prompt
+    from agentprm.models.prompts import PromptState, candidate_actions, format_response, render_prompt
     from agentprm.pipeline.branching import BranchSettings, plan_branches
 
     c = ctx.config
@@ -136,7 +136,7 @@ def branch_plan(ctx: RunContext, policy, games: list, seed: int):
 
     def score(records: list, steps: list[int]) -> list:
         states = [PromptState.from_trajectory(r, t) for r, t in zip(records, steps)]
-        actions = [list(dict.fromkeys(s.admissible_actions)) for s in states]
+        actions = [candidate_actions(s.admissible_actions) for s in states]
         responses = [[format_response(a, "", c.prompt) for a in acts] for acts in actions]
         prompts = [render_prompt(s, c.prompt, policy.tokenizer) for s in states]
         return list(zip(actions, responses, policy.score_candidates(prompts, responses)))
