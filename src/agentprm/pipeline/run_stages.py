@@ -258,13 +258,19 @@ def _policy_states(ctx: RunContext, iteration: int) -> dict[str, list]:
 
 
 def inverse_targets(ctx: RunContext, out: Path, iteration: int) -> None:
-    """InversePRM data of iteration i (Eq. 9): expert transitions from the demonstrations (label 1), learner
+    """InversePRM data of iteration i (Eq. 9): expert transitions from the won demonstrations, the ones SFT
+    imitates, with responses written as the policy writes them (label 1, ``expert_transitions``), learner
     transitions from the rollouts of pi_0 .. pi_{i-1} (label 0, aggregated), at most
-    ``inverse.transitions_per_class`` of each (seeded), and a' ~ pi_{i-1}(. | s') for every one of them. Episodes
-    are read through ``outcome_free``: no outcome reward on this path."""
+    ``inverse.transitions_per_class`` of each (seeded), and a' ~ pi_{i-1}(. | s') for every one of them. Rollouts
+    are read through ``outcome_free``: no outcome reward of the learner on this path."""
     import random
 
-    from agentprm.algorithms.inverse_prm import episode_transitions, outcome_free, sample_next_responses
+    from agentprm.algorithms.inverse_prm import (
+        episode_transitions,
+        expert_transitions,
+        outcome_free,
+        sample_next_responses,
+    )
     from agentprm.algorithms.inverse_prm_training import transitions_to_jsonl
     from agentprm.data import read_trajectories
     from agentprm.metrics import MetricsLogger
@@ -273,8 +279,8 @@ def inverse_targets(ctx: RunContext, out: Path, iteration: int) -> None:
 
     c = ctx.config
     val = c.targets.val_fraction
-    expert = [t for r in read_trajectories(ctx.dir / "demos" / "demos.jsonl")
-              for t in episode_transitions(outcome_free(r), 1, val)]
+    expert = expert_transitions(read_trajectories(ctx.dir / "demos" / "demos.jsonl"), c.prompt, val,
+                                only_successful=c.sft.only_successful)  # the demonstrations SFT imitates
     learner, latest = [], []
     for j in range(1, iteration + 1):
         for record in read_rollouts(ctx.dir / f"iter_{j}" / "rollouts"):
