@@ -121,7 +121,8 @@ def rollouts(ctx: RunContext, out: Path, iteration: int) -> None:
                      num_envs=c.num_envs, workers=c.pool(), progress=c.progress,
                      prefixes=reset_shards(ctx, games, seed),
                      wrap_agent=steer if c.rollouts.steer_fraction else None,
-                     branch_plan=branch_plan(ctx, policy, games, seed) if c.rollouts.branch_states else None)
+                     branch_plan=branch_plan(ctx, policy, games, seed) if c.rollouts.branch_states else None,
+                     template=c.prompt.template)
 
 
 def branch_plan(ctx: RunContext, policy, games: list, seed: int):
@@ -366,7 +367,8 @@ def monitor_validation(ctx: RunContext, val_states: list, seed: int):
 def rft_policy(ctx: RunContext, out: Path, iteration: int) -> None:
     """Outcome-only baseline: pi_i = SFT of pi_{i-1} on the won episodes of its own rollouts (rejection sampling
     fine-tuning), with the ``rft`` step budget; the rollouts are the same stage as AgentPRM's, so both use the
-    same environment steps."""
+    same environment steps. Each step is trained as ``format_response(action, reason)`` with the reason the
+    rollouts parsed from the sampled response, so reason_action rollouts keep their reasoning."""
     from agentprm.algorithms.sft import train_sft
 
     from agentprm.pipeline.rollouts import read_rollouts
