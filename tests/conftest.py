@@ -54,6 +54,40 @@ def sft_model(tiny_model, alfworld_demos, tmp_path_factory):
     return out / "model"
 
 
+@pytest.fixture(scope="session")
+def long_episode():
+    """A 61-step episode whose last prompts exceed ``configs/alfworld-llama3b.yaml``'s 2,048 tokens (its prompt:
+    reason_action, full history, chat template), with a byte-level BPE tokenizer of the project's kind. Step i is at
+    "cabinet i" and sees "a mug i", so which history steps a prompt kept can be read off its text.
+    Returns (record, prompt config, max_length, tokenizer)."""
+    from pathlib import Path
+
+    import yaml
+
+    from agentprm.data import StepRecord, TrajectoryRecord
+    from agentprm.models.prompts import PromptConfig, PromptState, render_plain
+    from agentprm.models.tokenizer import train_tokenizer
+
+    settings = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "alfworld-llama3b.yaml").read_text())
+    config, max_length = PromptConfig(**settings["prompt"]), settings["sft"]["max_length"]
+    assert settings["prm"]["max_length"] == max_length
+    steps = []
+    for i in range(61):
+        action = f"go to cabinet {i + 1}"
+        steps.append(StepRecord(
+            observation=f"You arrive at cabinet {i}. On the cabinet {i}, you see a mug {i}, a plate {i} and a fork {i}.",
+            admissible_actions=[action, "look"], response=f"REASON: the mug may be there\nACTION: {action}",
+            reason="the mug may be there", action=action, admissible=True, reward=0.0, done=False, won=False))
+    steps[-1].done = steps[-1].won = True
+    steps[-1].reward = 1.0
+    record = TrajectoryRecord(env="alfworld", env_version="test", game_id="long/game", split="train",
+                              task="put a clean mug in coffeemachine.", task_type="pick_clean_then_place_in_recep",
+                              policy_id="pi_0", seed=0, steps=steps, won=True, total_reward=1.0,
+                              final_observation="done")
+    corpus = [render_plain(PromptState.from_trajectory(record, 8), config) + steps[8].response] * 4
+    return record, config, max_length, train_tokenizer(corpus, vocab_size=400)
+
+
 def serve_models(log, model: str | None = None):
     """Start ``transformers serve`` (a real OpenAI-compatible server) on a free port; without ``model`` it loads
     whatever checkpoint folder a request names. Yields the base URL (ending in /v1); stops the server after."""

@@ -124,6 +124,36 @@ def test_n1_acts_exactly_like_the_policy_agent(policy, games, pool):
     assert prm.calls == 0  # one sample per turn: nothing to choose between
 
 
+def test_a_repeated_admissible_action_counts_once_in_every_stage(policy):
+    """PolicyAgent, Best-of-N and online DPO sample one state from one distribution: softmax(log pi / T) over the
+    DISTINCT admissible actions, however often the engine repeats one."""
+    from agentprm.algorithms.dpo_trainer import DPOConfig, sample_responses
+    from agentprm.envs.base import Game, Observation
+    from agentprm.envs.runner import PolicyInput
+    from agentprm.models.prompts import PromptState, render_prompt
+
+    repeated, distinct = ["look", "inventory", "look", "help"], ["look", "inventory", "help"]
+    item = PolicyInput(0, Game("alfworld", "g", "", "train", "pick_and_place_simple"),
+                       Observation("put a mug in cabinet.", "You are in a room.", repeated), [], 0)
+    state = PromptState.from_policy_input(item)
+    prompt = render_prompt(state, PromptConfig(), policy.tokenizer)
+    temperature, seeds = 5.0, range(40)
+
+    def draws(candidates, n=1):  # the agents' seed for their first call is seed * 1_000_003
+        return [[s.text for s in policy.sample_admissible([prompt], [candidates], n, temperature, s * 1_000_003)[0]]
+                for s in seeds]
+
+    once = draws(distinct)
+    assert draws(repeated) != once  # counting "look" twice is a different distribution: the test can tell
+    agent = [PolicyAgent(policy, temperature=temperature, seed=s)([item]) for s in seeds]
+    best_of_one = [BestOfNAgent(policy, PreferHelp(), n=1, temperature=temperature, seed=s)([item]) for s in seeds]
+    assert agent == best_of_one == once
+    config = DPOConfig(samples_per_state=2, temperature=temperature)
+    dpo = [[r.text for r in sample_responses(policy, [state], [prompt], config, PromptConfig(), s * 1_000_003)[0]]
+           for s in seeds]
+    assert dpo == draws(distinct, n=2)
+
+
 def test_prm_preference_wins_whenever_sampled_and_duplicates_are_scored_once(policy, games, pool):
     prm = PreferHelp()
     agent = BestOfNAgent(policy, prm, n=8, temperature=1.0, seed=2)

@@ -49,6 +49,22 @@ def _flip(records, won_game):
     return [r.__class__(**{**r.__dict__, "won": r.game_id == won_game}) for r in records]
 
 
+def test_over_long_steps_drop_the_oldest_history_steps_not_the_task(long_episode):
+    from agentprm.algorithms.implicit_prm import episode_steps
+    from agentprm.models.prompts import PromptState, render_prompt_within
+
+    record, config, max_length, tokenizer = long_episode
+    [episode] = episode_steps([record], tokenizer, config, max_length)
+    prompt_ids, response_ids = episode.steps[60]
+    state = PromptState.from_trajectory(record, 60)
+    assert prompt_ids == encode_prompts(tokenizer, [render_prompt_within(state, config, tokenizer,
+                                                                          max_length - len(response_ids))])[0]
+    assert len(episode.steps) == 61 and max(len(p) + len(r) for p, r in episode.steps) <= max_length
+    text = tokenizer.decode(prompt_ids)
+    assert text.startswith("<|bos|>user\nYou are an agent playing a text-based game.\nTask: put a clean mug in ")
+    assert "a mug 0," not in text and "a mug 59," in text
+
+
 def test_training_raises_the_won_episode_actions_against_the_reference(sft_model, alfworld_demos, tmp_path):
     records = [r for r in read_trajectories(alfworld_demos)][:6]
     records = _flip(records, records[0].game_id)  # one won game, the others failed: a contrast to learn

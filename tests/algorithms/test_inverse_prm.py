@@ -9,16 +9,18 @@ from agentprm.algorithms.inverse_prm import (
     balanced_accuracy,
     class_weights,
     episode_transitions,
+    expert_transitions,
     inverse_prm_loss,
     logit_differences,
     outcome_free,
 )
 from agentprm.algorithms.sft_data import in_validation
 from agentprm.data import StepRecord, TrajectoryRecord
+from agentprm.models.prompts import PromptConfig, format_response, render_prompt
 
 
-def record(game: str, pairs, won: bool) -> TrajectoryRecord:
-    steps = [StepRecord(observation=o, admissible_actions=[a, "look"], response=f"ACTION: {a}", reason="", action=a,
+def record(game: str, pairs, won: bool, response=lambda a: f"ACTION: {a}") -> TrajectoryRecord:
+    steps = [StepRecord(observation=o, admissible_actions=[a, "look"], response=response(a), reason="", action=a,
                         admissible=True, reward=0.0, done=False, won=False) for o, a in pairs]
     steps[-1].done, steps[-1].won, steps[-1].reward = won, won, float(won)
     return TrajectoryRecord(env="alfworld", env_version="t", game_id=game, split="train", task="put a mug",
@@ -52,6 +54,29 @@ def test_split_is_by_game():
         assert {t.split for t in found} == {"val" if in_validation(game, 0.3) else "train"}
     with pytest.raises(ValueError, match="label"):
         episode_transitions(outcome_free(record("g", [("o", "a")], True)), 2)
+
+
+@pytest.mark.parametrize("template", ["reason_action", "action_only"])
+def test_expert_and_learner_transitions_with_the_same_action_give_the_same_prm_input(template):
+    config = PromptConfig(template=template)
+    pairs = [("o0", "go to shelf 1"), ("o1", "take mug 1 from shelf 1")]
+    demo = record("g", pairs, True, response=lambda a: a)  # demos store the bare command (pipeline.episodes)
+    rollout = record("g", pairs, True, response=lambda a: format_response(a, "", config))  # as PolicyAgent samples
+    expert, learner = expert_transitions([demo], config, 0.0), episode_transitions(outcome_free(rollout), 0, 0.0)
+    assert [t.response for t in expert] == [t.response for t in learner] == (
+        ["ACTION: go to shelf 1", "ACTION: take mug 1 from shelf 1"] if template == "reason_action"
+        else ["go to shelf 1", "take mug 1 from shelf 1"])
+    for e, l in zip(expert, learner):
+        assert render_prompt(e.state, config) + e.response == render_prompt(l.state, config) + l.response
+        assert (e.next_state, e.label, l.label) == (l.next_state, 1, 0)
+
+
+def test_expert_transitions_come_from_won_demonstrations_only():
+    won, failed = record("won", [("o0", "a0"), ("o1", "a1")], True), record("failed", [("o0", "a0")], False)
+    found = expert_transitions([failed, won], PromptConfig(), 0.0)
+    assert [(t.game_id, t.response, t.label) for t in found] == [("won", "a0", 1), ("won", "a1", 1)]
+    everything = expert_transitions([failed, won], PromptConfig(), 0.0, only_successful=False)  # SFT's switch
+    assert [t.game_id for t in everything] == ["failed", "won", "won"]
 
 
 def test_class_weights_give_each_class_half_the_weight():

@@ -220,6 +220,25 @@ def demo_targets(demos_path, val_fraction=0.3, key="prefix"):
     return mc_q_targets(records + failures, gamma=0.9, val_fraction=val_fraction, key=key)
 
 
+def test_over_long_sequences_drop_the_oldest_history_steps_not_the_task(long_episode):
+    from agentprm.algorithms.prm_training import encode_sequences
+    from agentprm.models.policy import encode_prompts, encode_responses
+    from agentprm.models.prompts import PromptState, render_prompt_within
+
+    record, config, max_length, tokenizer = long_episode
+    state, response = PromptState.from_trajectory(record, 60), record.steps[60].response
+    [sequence] = encode_sequences([state], [response], tokenizer, config, max_length)
+    response_ids = encode_responses(tokenizer, [response])[0]
+    prompt_ids = encode_prompts(tokenizer, [render_prompt_within(state, config, tokenizer,
+                                                                  max_length - len(response_ids))])[0]
+    assert sequence == prompt_ids + response_ids and len(sequence) <= max_length
+    text = tokenizer.decode(sequence)
+    assert text.startswith("<|bos|>user\nYou are an agent playing a text-based game.\nTask: put a clean mug in ")
+    assert "a mug 0," not in text and "a mug 59," in text and text.endswith("ACTION: go to cabinet 61<|eos|>")
+    with pytest.raises(PRMTrainError, match="no room"):
+        encode_sequences([state], [response], tokenizer, config, len(response_ids) + 1)
+
+
 def test_prm_trains_validates_saves_and_reloads(sft_model, alfworld_demos, tmp_path):
     from agentprm.models.prm import ProcessRewardModel
 

@@ -55,6 +55,32 @@ def test_validation_split_is_by_game():
     assert not any(in_validation(g, 0.0) for g in games)
 
 
+def test_a_smaller_validation_fraction_holds_out_a_subset_of_the_games():
+    """What mc_targets' docstring claims of SFT's and the PRM's held-out games (alfworld-cpu.yaml: 0.05 and 0.1)."""
+    games = [f"train/game_{i}" for i in range(400)]
+    sft, prm = ({g for g in games if in_validation(g, f)} for f in (0.05, 0.1))
+    assert sft < prm  # a strict subset: the PRM also holds out games SFT trained on
+
+
+def test_over_long_examples_drop_the_oldest_history_steps_not_the_task(long_episode):
+    from agentprm.algorithms.sft_data import build_examples
+    from agentprm.models.policy import encode_prompts
+    from agentprm.models.prompts import PromptState, render_prompt, render_prompt_within
+
+    record, config, max_length, tokenizer = long_episode
+    examples = build_examples([record], tokenizer, config, max_length)
+    assert len(examples) == 61 and max(len(e) for e in examples) <= max_length
+    early = PromptState.from_trajectory(record, 5)
+    assert examples[5].prompt_ids == encode_prompts(tokenizer, [render_prompt(early, config, tokenizer)])[0]  # whole
+    last, state = examples[60], PromptState.from_trajectory(record, 60)
+    budget = max_length - len(last.response_ids)
+    assert last.prompt_ids == encode_prompts(tokenizer, [render_prompt_within(state, config, tokenizer, budget)])[0]
+    text = tokenizer.decode(last.prompt_ids)
+    assert text.startswith("<|bos|>user\nYou are an agent playing a text-based game.\nTask: put a clean mug in ")
+    assert "a mug 0," not in text and "a mug 59," in text  # the oldest steps went first
+    assert tokenizer.decode(last.response_ids) == "REASON: the mug may be there\nACTION: go to cabinet 61<|eos|>"
+
+
 def _config(tiny_model, demos, out, **overrides):
     values = {"data": str(demos), "model": str(tiny_model), "out": str(out), "batch_size": 8, "max_steps": 8,
               "warmup_steps": 2, "eval_every": 4, "save_every": 4, "val_fraction": 0.2, "progress": False,

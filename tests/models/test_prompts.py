@@ -11,14 +11,19 @@ from agentprm.envs.base import Game, Observation
 from agentprm.models.prompts import (
     PromptConfig,
     PromptState,
+    candidate_actions,
     cut_words,
+    encode_prompts_within,
     format_response,
+    history_within,
     load_template,
     prepare_actions,
     render_plain,
     render_prompt,
+    render_prompt_within,
     select_history,
     strip_filler,
+    with_recent_history,
 )
 
 CHAT_TEMPLATE = (
@@ -208,6 +213,11 @@ def test_prepare_actions_drops_duplicates_and_empties():
     assert prepare_actions(["look", "b", "look", "a"], sort=False) == ["look", "b", "a"]
 
 
+def test_candidate_actions_drop_repeats_in_the_engine_order():
+    assert candidate_actions(["look", "go to desk 1", "look", "inventory"]) == ["look", "go to desk 1", "inventory"]
+    assert candidate_actions([]) == ["look"]
+
+
 # -- states ----------------------------------------------------------------------------------------------------------
 
 
@@ -288,6 +298,66 @@ def test_prompt_and_response_tokenize_apart():
     apart = tokenizer(prompt, add_special_tokens=False)["input_ids"] + tokenizer(response)["input_ids"]
     assert joint == apart
     assert joint[-4:] == [1, 2, 3, 4]
+
+
+# -- token budgets --------------------------------------------------------------------------------------------------
+
+# Words of BUDGET_STATE's prompt; the whitespace pre-tokenizer splits "Task:" into "Task", ":".
+BUDGET_WORDS = ["[UNK]", "[EOS]", "Task", ":", "put", "mug", "Obs", "ACTION", "Valid", "look",
+                "o0", "o1", "o2", "o3", "a0", "a1", "a2"]
+BUDGET_STATE = PromptState("put mug", "o3", ["look"], [("o0", "a0"), ("o1", "a1"), ("o2", "a2")])
+FULL_HISTORY = PromptConfig(history_window=-1)
+
+
+def _word_tokenizer() -> PreTrainedTokenizerFast:
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(BUDGET_WORDS)}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", eos_token="[EOS]")
+
+
+def test_history_within_drops_the_oldest_steps_first_by_hand():
+    # "Task: put mug" 4 ids + 6 per step ("Obs: oN" and "ACTION: aN") + "Obs: o3" 3 + "Valid: look" 3 + "ACTION:" 2
+    # = 12 + 6 k ids for k history steps (no BOS): 30, 24, 18, 12.
+    tokenizer = _word_tokenizer()
+    found = {budget: history_within(BUDGET_STATE, FULL_HISTORY, tokenizer, budget)
+             for budget in (100, 30, 29, 24, 23, 18, 17, 12, 11)}
+    assert found == {100: 3, 30: 3, 29: 2, 24: 2, 23: 1, 18: 1, 17: 0, 12: 0, 11: 0}
+    assert history_within(BUDGET_STATE, PromptConfig(history_window=2), tokenizer, 100) == 2  # the window's 2
+    assert render_prompt_within(BUDGET_STATE, FULL_HISTORY, tokenizer, 23) == (
+        "Task: put mug\nObs: o2\nACTION: a2\nObs: o3\nValid: look\nACTION:\n")
+    assert render_prompt_within(BUDGET_STATE, FULL_HISTORY, tokenizer, 30) == render_prompt(BUDGET_STATE, FULL_HISTORY)
+    assert with_recent_history(BUDGET_STATE, 0).history == [] and BUDGET_STATE.history[0] == ("o0", "a0")
+
+
+def test_encode_prompts_within_renders_again_and_cuts_left_only_as_a_last_resort():
+    tokenizer = _word_tokenizer()
+    ids = encode_prompts_within([BUDGET_STATE] * 3, FULL_HISTORY, tokenizer, [30, 23, 11])
+    task, step2, rest = [2, 3, 4, 5], [6, 3, 12, 7, 3, 16], [6, 3, 13, 8, 3, 9, 7, 3]
+    assert ids[0] == task + [6, 3, 10, 7, 3, 14, 6, 3, 11, 7, 3, 15] + step2 + rest  # fits whole
+    assert ids[1] == task + step2 + rest  # 18 ids: o0 and o1 dropped
+    assert ids[2] == (task + rest)[1:]  # 12 ids without history > 11: the old left cut, the last resort
+    with pytest.raises(ValueError, match="budgets"):
+        encode_prompts_within([BUDGET_STATE], FULL_HISTORY, tokenizer, [])
+
+
+def test_a_prompt_longer_than_max_length_keeps_the_task_and_the_chat_header(long_episode):
+    """configs/alfworld-llama3b.yaml: full history, reason_action, chat template, 2,048 tokens."""
+    from agentprm.models.policy import encode_prompts
+
+    record, config, max_length, tokenizer = long_episode
+    state = PromptState.from_trajectory(record, 60)  # at cabinet 60, 60 history steps
+    assert len(encode_prompts(tokenizer, [render_prompt(state, config, tokenizer)])[0]) > max_length
+    kept = history_within(state, config, tokenizer, max_length)
+    prompt = render_prompt_within(state, config, tokenizer, max_length)
+    assert 0 < kept < 60 and prompt == render_prompt(with_recent_history(state, kept), config, tokenizer)
+    assert prompt.startswith("<|bos|>user\nYou are an agent playing a text-based game.\nTask: put a clean mug in ")
+    assert prompt.endswith("ACTION: <one valid action><|eos|>\n<|bos|>assistant\n")
+    assert f"you see a mug {60 - kept}," in prompt and f"you see a mug {59 - kept}," not in prompt  # oldest first
+    assert "ACTION: go to cabinet 60\n" in prompt  # the most recent step stays
+    assert len(encode_prompts(tokenizer, [prompt])[0]) <= max_length
+    longer = render_prompt(with_recent_history(state, kept + 1), config, tokenizer)
+    assert len(encode_prompts(tokenizer, [longer])[0]) > max_length  # as few steps dropped as possible
+    assert encode_prompts_within([state], config, tokenizer, [max_length]) == encode_prompts(tokenizer, [prompt])
 
 
 # -- responses -------------------------------------------------------------------------------------------------------

@@ -1,10 +1,12 @@
-"""Rollouts: sharded, resumable, with sampled responses and log-probabilities kept per step."""
+"""Rollouts: sharded, resumable, with sampled responses, their reasons and log-probabilities kept per step."""
+
+from dataclasses import dataclass, field
 
 import pytest
 
 from agentprm.agents.policy_agent import PolicyAgent
 from agentprm.envs.registry import list_games
-from agentprm.models.policy import Policy
+from agentprm.models.policy import Policy, Sample
 from agentprm.pipeline.rollouts import collect_rollouts, read_rollouts
 
 
@@ -31,6 +33,41 @@ def test_shards_hold_every_episode_with_samples(policy, alfworld_root, tmp_path)
         for step in record.steps:
             assert step.response == step.action and step.admissible
             assert step.extras["logprob"] < 0 and step.extras["finished"] is True
+
+
+@dataclass
+class Reasoner:
+    """A stand-in for a reason_action policy in free mode: reasons, then picks the first admissible action."""
+
+    last_samples: dict = field(default_factory=dict)
+
+    def __call__(self, batch):
+        actions = [item.observation.admissible_actions[0] for item in batch]
+        self.last_samples = {item.slot: Sample(f"REASON: step {item.step} of {item.game.task_type}\nACTION: {action}",
+                                               [], -1.0, True) for item, action in zip(batch, actions)}
+        return actions
+
+
+def test_reason_action_rollouts_keep_the_reason_and_rft_trains_on_it(alfworld_root, tmp_path):
+    from agentprm.algorithms.sft_data import build_examples
+    from agentprm.models.prompts import PromptConfig
+    from agentprm.models.tokenizer import train_tokenizer
+
+    root, _ = alfworld_root
+    games = list_games("alfworld", "train", root=str(root))[:2]
+    collect_rollouts("alfworld", games, lambda seed: Reasoner(), tmp_path / "rollouts", episodes_per_game=1,
+                     max_steps=3, policy_id="pi_0", num_envs=2, progress=False, template="reason_action")
+    records = read_rollouts(tmp_path / "rollouts")
+    assert len(records) == 2
+    for record in records:
+        assert [s.reason for s in record.steps] == [f"step {t} of {record.task_type}" for t in range(record.num_steps)]
+        assert all(s.response == f"REASON: {s.reason}\nACTION: {s.action}" for s in record.steps)
+    config = PromptConfig(template="reason_action", use_chat_template="never")
+    tokenizer = train_tokenizer(["REASON: ACTION:"] * 2, vocab_size=300)
+    examples = build_examples(records, tokenizer, config, max_length=4096, only_successful=False)  # RFT's examples
+    first = records[0].steps[0]
+    assert tokenizer.decode(examples[0].response_ids) == (
+        f"REASON: step 0 of {records[0].task_type}\nACTION: {first.action}<|eos|>")
 
 
 def test_an_interrupted_stage_resumes_without_redoing_or_losing_work(policy, alfworld_root, tmp_path):

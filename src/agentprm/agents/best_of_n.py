@@ -3,8 +3,8 @@
 For every live slot and every turn:
 
 1. sample N responses from the policy ``pi`` in one batched call (modes as :class:`PolicyAgent`: ``admissible``
-   draws N candidates WITH replacement from softmax(log pi(a | s) / T) over the admissible actions, so duplicates
-   are common; ``free`` generates N responses and parses each one);
+   draws N candidates WITH replacement from softmax(log pi(a | s) / T) over the distinct admissible actions
+   (``prompts.candidate_actions``, PolicyAgent's and DPO's rule), so duplicate samples are common; ``free`` generates N responses and parses each one);
 2. keep the admissible ones (``filter_admissible``, on by default; if none is admissible all are kept, so the agent
    still acts);
 3. reduce to distinct actions: each action is represented by its most likely response (then the first sampled);
@@ -35,7 +35,7 @@ from agentprm.agents.policy_agent import MODES
 from agentprm.envs.runner import PolicyInput
 from agentprm.models.parser import parse_response
 from agentprm.models.policy import Policy, Sample
-from agentprm.models.prompts import PromptConfig, PromptState, format_response, render_prompt
+from agentprm.models.prompts import PromptConfig, PromptState, candidate_actions, format_response, render_prompt
 
 
 class Scorer(Protocol):
@@ -218,4 +218,4 @@ class BestOfNAgent:
 
 
 def _actions(item: PolicyInput) -> list[str]:
-    return item.observation.admissible_actions or ["look"]
+    return candidate_actions(item.observation.admissible_actions)

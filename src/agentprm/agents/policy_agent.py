@@ -2,8 +2,8 @@
 
 For every live episode the agent renders the prompt (``models.prompts``) and picks an action in one of two modes:
 
-- ``admissible`` (default for small models): sample among the admissible actions with probability
-  softmax(log pi(a | s) / T), every candidate scored in one shared prompt pass (``Policy.sample_admissible``).
+- ``admissible`` (default for small models): sample among the admissible actions (``prompts.candidate_actions``:
+  each distinct action once, as in every stage that samples them) with probability softmax(log pi(a | s) / T), every candidate scored in one shared prompt pass (``Policy.sample_admissible``).
   A candidate is written as the response SFT trained on (``format_response(action)``: the bare action for the
   action-only template, "ACTION: <a>" for REASON/ACTION), so sampling, training and DPO score the same text;
 - ``free``: free generation (the paper's mode for large models), parsed by ``models.parser``; an unparsable or
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from agentprm.envs.runner import PolicyInput
 from agentprm.models.parser import parse_response
 from agentprm.models.policy import Policy, Sample, _make_generator, _sample_indices, encode_responses
-from agentprm.models.prompts import PromptConfig, PromptState, format_response, render_prompt
+from agentprm.models.prompts import PromptConfig, PromptState, candidate_actions, format_response, render_prompt
 
 MODES = ("admissible", "free")
 
@@ -87,7 +87,7 @@ class PolicyAgent:
         seed = self.seed * 1_000_003 + self._calls
         self._calls += 1
         if self.mode == "admissible":
-            actions_per_slot = [item.observation.admissible_actions or ["look"] for item in batch]
+            actions_per_slot = [candidate_actions(item.observation.admissible_actions) for item in batch]
             # Candidates are written as SFT taught the model to answer (format_response), then mapped back.
             candidates = [[format_response(a, "", self.prompt) for a in actions] for actions in actions_per_slot]
             samples = self._sample_admissible(prompts, candidates, seed)

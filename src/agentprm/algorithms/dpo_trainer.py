@@ -26,8 +26,9 @@ Deliberate choices and deviations from the reference implementation:
   preference. A step without any usable pair makes no update but still counts towards ``steps``, so the number
   of sampling rounds (and the compute) is fixed by the config.
 - The policy runs in eval mode (no dropout) while training, so the loss's log-probs are the sampling definition.
-- ``admissible`` mode (the default for small models, not in the paper) samples K actions among the admissible
-  ones, formatted with ``format_response`` (``"ACTION: <a>"`` for the reason_action template).
+- ``admissible`` mode (the default for small models, not in the paper) samples K actions among the distinct
+  admissible ones (``prompts.candidate_actions``, the agents' rule), formatted with ``format_response``
+  (``"ACTION: <a>"`` for the reason_action template).
 - The loss uses the sampled token ids as they are (never re-tokenised text).
 - Reward-hacking monitor (``monitor_every`` > 0 and a ``DPOValidation``): readings at step 0, every
   ``monitor_every`` steps and at the end, logged as ``val_prm_score``, ``val_success`` and ``reward_hacking``
@@ -66,7 +67,7 @@ from agentprm.algorithms.dpo_monitor import MonitorReading, RewardHackingMonitor
 from agentprm.metrics import MetricsLogger
 from agentprm.models.parser import parse_response
 from agentprm.models.policy import Policy, Sample, encode_prompts
-from agentprm.models.prompts import PromptConfig, PromptState, format_response, render_prompt
+from agentprm.models.prompts import PromptConfig, PromptState, candidate_actions, format_response, render_prompt
 
 __all__ = ["DPOConfig", "DPOValidation", "ResponseScorer", "train_online_dpo", "online_dpo_loop", "sample_responses",
            "score_samples"]
@@ -143,7 +144,7 @@ def sample_responses(policy: Policy, states: Sequence[PromptState], prompts: lis
     """K samples per prompt from ``policy`` (no grad), in ``config.mode``."""
     k, temperature = config.samples_per_state, config.temperature
     if config.mode == "admissible":
-        candidates = [[format_response(a, "", prompt_config) for a in dict.fromkeys(s.admissible_actions)]
+        candidates = [[format_response(a, "", prompt_config) for a in candidate_actions(s.admissible_actions)]
                       for s in states]
         return policy.sample_admissible(prompts, candidates, n=k, temperature=temperature, seed=seed)
     return policy.generate(prompts, n=k, temperature=temperature, max_new_tokens=config.max_new_tokens, seed=seed)

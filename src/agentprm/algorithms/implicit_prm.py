@@ -39,8 +39,8 @@ from agentprm.algorithms.sft import batch_order, lr_lambda
 from agentprm.algorithms.sft_data import in_validation
 from agentprm.data import TrajectoryRecord
 from agentprm.metrics import MetricsLogger
-from agentprm.models.policy import encode_prompts, encode_responses, left_pad, position_ids_from_mask
-from agentprm.models.prompts import PromptConfig, PromptState, render_prompt
+from agentprm.models.policy import encode_responses, left_pad, position_ids_from_mask
+from agentprm.models.prompts import PromptConfig, PromptState, encode_prompts_within, render_prompt
 
 REPLAYED = ("reset", "branch_prefix")
 
@@ -64,21 +64,22 @@ def outcome_loss(step_scores: torch.Tensor, episode_of_step: torch.Tensor, label
 
 def episode_steps(records: Sequence[TrajectoryRecord], tokenizer: Any, prompt: PromptConfig,
                   max_length: int) -> list[EpisodeSteps]:
-    """Every record with at least one policy-chosen step, its steps tokenised as the policy reads them."""
+    """Every record with at least one policy-chosen step, its steps tokenised as the policy reads them; a step that
+    would exceed ``max_length`` shows fewer of the oldest history steps (``prompts.encode_prompts_within``, the
+    rule of SFT and of the scalar PRM)."""
     out = []
     for record in records:
         chosen = [t for t, step in enumerate(record.steps) if not any(step.extras.get(k) for k in REPLAYED)]
         if not chosen:
             continue
         states = [PromptState.from_trajectory(record, t) for t in chosen]
-        prompts = encode_prompts(tokenizer, [render_prompt(s, prompt, tokenizer) for s in states])
         responses = encode_responses(tokenizer, [record.steps[t].response for t in chosen])
-        steps = []
-        for p, r in zip(prompts, responses):
-            if len(p) + len(r) > max_length:  # drop the oldest context, keep the first token (BOS or task line)
-                p = p[:1] + p[len(p) - (max_length - len(r)) + 1:]
-            steps.append((p, r))
-        out.append(EpisodeSteps(steps, record.won, record.game_id))
+        budgets = [max_length - len(r) for r in responses]
+        if min(budgets) < 2:
+            raise ValueError(f"max_length {max_length} leaves no room for a prompt (response: "
+                             f"{max_length - min(budgets)} tokens)")
+        prompts = encode_prompts_within(states, prompt, tokenizer, budgets)
+        out.append(EpisodeSteps(list(zip(prompts, responses)), record.won, record.game_id))
     return out
 
 

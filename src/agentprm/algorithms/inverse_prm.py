@@ -19,26 +19,35 @@ Deviations from the reference implementation, on purpose (paper.md, "Known defec
   resampled it only for experts;
 - the train/validation split is by game.
 
-The outcome reward is never read: episodes enter through :func:`outcome_free`, which keeps the game, the task and
-per step only the observation, the admissible actions, the action and the response. An episode "ends" at its last
-recorded step, whether the expert finished or the learner ran out of steps (z(s', a') = 0 there); telling the two
-apart would read the outcome.
+The learner's outcome reward is never read: episodes enter through :func:`outcome_free`, which keeps the game, the
+task and per step only the observation, the admissible actions, the action and the response. An episode "ends" at
+its last recorded step, whether the expert finished or the learner ran out of steps (z(s', a') = 0 there); telling
+the two apart would read the outcome.
+
+The expert side (:func:`expert_transitions`) is the demonstrations SFT imitates: only the WON ones (SFT's
+``only_successful``, on by default: a failed demonstration is not expert behaviour), the one outcome this path
+reads, and only of the expert. Each expert response is written as the policy writes it, ``format_response(action, reason)``:
+demonstrations store the bare command, learner rollouts the sampled response ("ACTION: <a>" under reason_action),
+and the classifier must not tell the classes apart by format alone, a difference no response at DPO or Best-of-N
+time ever has. In ``free`` mode a learner's generation may carry a REASON line that demonstrations (no reasons)
+cannot match; ``admissible`` mode has no such difference.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from agentprm.algorithms.sft_data import in_validation
-from agentprm.models.prompts import PromptConfig, PromptState, format_response, render_prompt
+from agentprm.models.prompts import PromptConfig, PromptState, candidate_actions, format_response, render_prompt
 
 __all__ = ["OutcomeFreeStep", "OutcomeFreeEpisode", "InverseTransition", "outcome_free", "episode_transitions",
-           "class_weights", "inverse_prm_loss", "sample_next_responses"]
+           "expert_episode", "expert_transitions", "class_weights", "inverse_prm_loss", "sample_next_responses"]
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,24 @@ def episode_transitions(episode: OutcomeFreeEpisode, label: int, val_fraction: f
             for t in range(count)]
 
 
+def expert_episode(record: Any, prompt_config: PromptConfig) -> OutcomeFreeEpisode:
+    """The outcome-free view of a demonstration with every response written as the policy writes it:
+    ``format_response(action, reason, prompt_config)`` (a demonstration's own responses are the bare commands)."""
+    episode = outcome_free(record)
+    steps = tuple(dataclasses.replace(step, response=format_response(source.action, source.reason, prompt_config))
+                  for step, source in zip(episode.steps, record.steps))
+    return dataclasses.replace(episode, steps=steps)
+
+
+def expert_transitions(records: Iterable[Any], prompt_config: PromptConfig, val_fraction: float = 0.1,
+                       only_successful: bool = True) -> list[InverseTransition]:
+    """The expert transitions of Eq. 9 (label 1): every step of every demonstration SFT imitates (the WON ones, as
+    ``SFTConfig.only_successful``; pass the run's value), its response rendered by :func:`expert_episode`, split by
+    game."""
+    return [t for record in records if record.won or not only_successful
+            for t in episode_transitions(expert_episode(record, prompt_config), 1, val_fraction)]
+
+
 def class_weights(labels: Sequence[int]) -> list[float]:
     """w = N / (2 N_class) per item: each class carries half of the total weight N (a missing class: weight 1)."""
     count = len(labels)
@@ -127,7 +154,8 @@ def sample_next_responses(policy: Any, transitions: Sequence[InverseTransition],
                           max_new_tokens: int = 48, batch_size: int = 64) -> None:
     """Fill ``next_response`` = a' ~ pi_{i-1}(. | s') for every transition with a next state, in place.
 
-    ``admissible`` mode samples among the next state's admissible actions (written as ``format_response``);
+    ``admissible`` mode samples among the next state's distinct admissible actions (``candidate_actions``, written
+    as ``format_response``);
     ``free`` mode generates text. Batch b uses seed ``seed * 1_000_003 + b``: reproducible for a given order.
     """
     todo = [t for t in transitions if t.next_state is not None]
@@ -137,8 +165,8 @@ def sample_next_responses(policy: Any, transitions: Sequence[InverseTransition],
         prompts = [render_prompt(s, prompt_config, policy.tokenizer) for s in states]
         batch_seed = seed * 1_000_003 + batch_index
         if mode == "admissible":
-            candidates = [[format_response(a, "", prompt_config) for a in dict.fromkeys(s.admissible_actions or
-                                                                                         ["look"])] for s in states]
+            candidates = [[format_response(a, "", prompt_config) for a in candidate_actions(s.admissible_actions)]
+                          for s in states]
             drawn = policy.sample_admissible(prompts, candidates, n=1, temperature=temperature, seed=batch_seed)
         else:
             drawn = policy.generate(prompts, n=1, temperature=temperature, max_new_tokens=max_new_tokens,

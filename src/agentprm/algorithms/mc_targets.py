@@ -34,8 +34,13 @@ Each target carries ``state_id``, the group of sibling actions at one state (``s
 sha256(game_id, history, o_t), for ``"state"`` sha256(game_id, sid(s_t)). Bradley-Terry pairs, the within-state
 loss and the same-state ranking metric group by it.
 
-Train/validation split is BY GAME (``sft_data.in_validation``: a hash of the game id, the same games SFT holds out),
-never by key, so no prefix of a validation game is trained on.
+Train/validation split is BY GAME, never by key, so no prefix of a validation game is trained on:
+``sft_data.in_validation(game_id, val_fraction)`` holds a game out when the hash of its id, read as a number in
+[0, 1], is below ``val_fraction``. The PRM holds out exactly the games SFT holds out only when
+``targets.val_fraction`` equals ``sft.val_fraction``. Otherwise, the threshold being on the same hash, the smaller
+fraction's held-out games are a subset of the larger's: with ``configs/alfworld-cpu.yaml`` (``sft.val_fraction``
+0.05, ``targets.val_fraction`` 0.1) every game SFT held out is held out from the PRM too, and the PRM also holds
+out about 5% of the games, on whose demonstrations pi_0 was trained.
 
 Deviations from the reference code (paper.md, "Known defects"), on purpose:
 1. it discounted by steps ELAPSED (gamma^t); here by steps remaining, gamma^(T-1-t);

@@ -60,8 +60,8 @@ import torch.nn.functional as F
 from agentprm.algorithms.mc_targets import QTarget, state_counts, state_from_target, state_key, target_histogram
 from agentprm.algorithms.sft import batch_order, lr_lambda, process_share
 from agentprm.metrics import MetricsLogger
-from agentprm.models.policy import encode_prompts, encode_responses, eval_no_grad, left_pad, tokenizer_adds_bos
-from agentprm.models.prompts import PromptConfig, render_prompt
+from agentprm.models.policy import encode_responses, eval_no_grad, left_pad
+from agentprm.models.prompts import PromptConfig, encode_prompts_within
 
 
 @dataclass
@@ -91,7 +91,8 @@ class PRMTrainConfig:
     batch_size: int = field(default=16, metadata={"help": "targets (pairs; states for soft_bce+listwise, each "
                                                           "with all its targets) per micro-batch"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimiser step"})
-    max_length: int = field(default=512, metadata={"help": "tokens per sequence; longer prompts lose old context"})
+    max_length: int = field(default=512, metadata={"help": "tokens per sequence; longer prompts show fewer of "
+                                                           "the oldest history steps"})
     group_by_length: bool = field(default=True, metadata={"help": "batches of sequences (pairs) of similar length "
                                                                   "(less padding; see sft.batch_order)"})
     warmup_steps: int = field(default=10, metadata={"help": "linear warm-up steps"})
@@ -313,26 +314,23 @@ class _LogitModule(torch.nn.Module):
 
 def encode_targets(targets: Sequence[QTarget], tokenizer: Any, prompt_config: PromptConfig,
                    max_length: int) -> list[list[int]]:
-    """Token ids of render_prompt(state) + response + EOS per target; over-long prompts lose their left part."""
+    """Token ids of render_prompt(state) + response + EOS per target (:func:`encode_sequences`)."""
     return encode_sequences([state_from_target(t) for t in targets], [t.response for t in targets], tokenizer,
                             prompt_config, max_length)
 
 
 def encode_sequences(states: Sequence[Any], responses: Sequence[str], tokenizer: Any, prompt_config: PromptConfig,
                      max_length: int) -> list[list[int]]:
-    """Token ids of render_prompt(state) + response + EOS per (state, response); over-long prompts lose their left
-    part (the BOS the tokenizer adds is kept)."""
-    prompts = [render_prompt(state, prompt_config, tokenizer) for state in states]
-    keep_bos = tokenizer_adds_bos(tokenizer)
-    sequences = []
-    for prompt, response in zip(encode_prompts(tokenizer, prompts), encode_responses(tokenizer, list(responses))):
-        room = max_length - len(response)
-        if room < 2:
-            raise PRMTrainError(f"max_length {max_length} leaves no room for a prompt (response: {len(response)})")
-        if len(prompt) > room:  # drop the oldest context, keep the BOS the tokenizer adds
-            prompt = prompt[:1] + prompt[len(prompt) - room + 1:] if keep_bos else prompt[len(prompt) - room:]
-        sequences.append(prompt + response)
-    return sequences
+    """Token ids of render_prompt(state) + response + EOS per (state, response); a sequence that would exceed
+    ``max_length`` shows fewer of the oldest history steps (``prompts.encode_prompts_within``, the rule of SFT and
+    of every other stage)."""
+    response_ids = encode_responses(tokenizer, list(responses))
+    budgets = [max_length - len(response) for response in response_ids]
+    if budgets and min(budgets) < 2:
+        raise PRMTrainError(f"max_length {max_length} leaves no room for a prompt (response: "
+                            f"{max_length - min(budgets)})")
+    prompt_ids = encode_prompts_within(list(states), prompt_config, tokenizer, budgets)
+    return [prompt + response for prompt, response in zip(prompt_ids, response_ids)]
 
 
 def predict_scores(module: torch.nn.Module, sequences: Sequence[list[int]], pad_id: int, device: Any,

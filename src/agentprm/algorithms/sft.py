@@ -66,7 +66,8 @@ class SFTConfig:
     warmup_steps: int = field(default=10, metadata={"help": "linear warm-up steps"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
-    max_length: int = field(default=512, metadata={"help": "tokens per example; longer prompts lose old context"})
+    max_length: int = field(default=512, metadata={"help": "tokens per example; longer prompts show fewer of the "
+                                                           "oldest history steps"})
     group_by_length: bool = field(default=True, metadata={"help": "batches of examples of similar length (less "
                                                                   "padding; see sft.batch_order)"})
     eval_every: int = field(default=50, metadata={"help": "validation loss every N steps (and at the end)"})

@@ -5,7 +5,9 @@ For step t of an episode, the example is
     prompt   = render_prompt(state before step t)          (task, history window, observation, admissible actions)
     response = format_response(action_t, reason_t) + EOS
 
-and the loss is the mean negative log-likelihood of the response tokens:
+(when prompt + response would exceed ``max_length``, the prompt shows fewer of the oldest history steps:
+``prompts.render_prompt_within``, the one truncation rule of every stage) and the loss is the mean negative
+log-likelihood of the response tokens:
 
     L = - (1 / |R|) * sum_{k in R} log pi(y_k | prompt, y_<k)
 
@@ -26,8 +28,8 @@ from typing import Iterable
 import torch
 
 from agentprm.data import TrajectoryRecord
-from agentprm.models.policy import encode_prompts, encode_responses, tokenizer_adds_bos
-from agentprm.models.prompts import PromptConfig, PromptState, format_response, render_prompt
+from agentprm.models.policy import encode_responses
+from agentprm.models.prompts import PromptConfig, PromptState, encode_prompts_within, format_response
 
 IGNORE_INDEX = -100
 
@@ -59,23 +61,22 @@ def build_examples(
     max_length: int,
     only_successful: bool = True,
 ) -> list[Example]:
-    """One example per step of every (successful) episode; prompts longer than ``max_length`` lose their left part."""
-    keep_bos = tokenizer_adds_bos(tokenizer)
+    """One example per step of every (successful) episode. A prompt that would make the example longer than
+    ``max_length`` loses its oldest history steps (``prompts.encode_prompts_within``, the rule every stage uses)."""
     examples = []
     for record in records:
         if only_successful and not record.won:
             continue
-        prompts = [render_prompt(PromptState.from_trajectory(record, i), prompt_config, tokenizer)
-                   for i in range(len(record.steps))]
+        states = [PromptState.from_trajectory(record, i) for i in range(len(record.steps))]
         responses = [format_response(step.action, step.reason, prompt_config) for step in record.steps]
         # The policy's own encoders: training sees exactly the ids that sampling produces and scores.
-        for prompt, response in zip(encode_prompts(tokenizer, prompts), encode_responses(tokenizer, responses)):
-            room = max_length - len(response)
-            if room < 2:
-                raise ValueError(f"max_length {max_length} leaves no room for a prompt (response has {len(response)})")
-            if len(prompt) > room:  # drop the oldest context, keep the BOS the tokenizer adds
-                prompt = prompt[:1] + prompt[len(prompt) - room + 1:] if keep_bos else prompt[len(prompt) - room:]
-            examples.append(Example(record.game_id, prompt, response))
+        response_ids = encode_responses(tokenizer, responses)
+        budgets = [max_length - len(response) for response in response_ids]
+        if states and min(budgets) < 2:
+            raise ValueError(f"max_length {max_length} leaves no room for a prompt (response has "
+                             f"{max_length - min(budgets)} tokens)")
+        prompt_ids = encode_prompts_within(states, prompt_config, tokenizer, budgets)
+        examples += [Example(record.game_id, prompt, response) for prompt, response in zip(prompt_ids, response_ids)]
     return examples
 
 

@@ -26,6 +26,16 @@ The prompt/response boundary (training and inference must agree on it):
   ``"ACTION: <action>"`` when there is no reason (expert demonstrations carry none; an invented filler reason would
   teach the model to write filler).
 
+Token budgets (:func:`render_prompt_within`, :func:`encode_prompts_within`): when a prompt plus its response would
+exceed a model's ``max_length``, the OLDEST history steps are dropped, as few as possible, and the prompt is
+rendered again -- the task line, the chat header, the current observation and the valid actions always stay (short of
+:func:`encode_prompts_within`'s last resort), so a shortened prompt has the shape of every other prompt. One rule for every path that has a budget: SFT and RFT
+examples (``sft_data.build_examples``), the scalar PRM and InversePRM (``prm_training.encode_sequences``) and the
+implicit PRM (``implicit_prm.episode_steps``), each with budget ``max_length - len(response ids)``. Sampling and
+scoring at inference (``PolicyAgent``, ``BestOfNAgent``, online DPO, ``ProcessRewardModel.score``) know no maximum
+length and render the whole prompt (``render_prompt``); a caller that has one calls :func:`render_prompt_within`,
+which gives the prompt training built for the same budget.
+
 Because the prompt ends in a newline and the response starts with a non-space character, whitespace-splitting and
 GPT-2-style byte-level BPE tokenizers split ``prompt + response`` exactly at the boundary (the pre-tokenizer never
 merges ``"\\n"`` with a following letter). For tokenizers that add a prefix space (SentencePiece), tokenize the
@@ -34,6 +44,7 @@ prompt and the response separately and concatenate the ids -- that is also exact
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.resources
 from collections.abc import Iterable, Sequence
@@ -185,6 +196,17 @@ def prepare_actions(actions: Iterable[str], sort: bool) -> list[str]:
     return sorted(unique) if sort else unique
 
 
+def candidate_actions(actions: Iterable[str]) -> list[str]:
+    """The actions an ``admissible``-mode sampler draws from: the engine's list with repeats dropped (first
+    occurrence kept, engine's order), or ``["look"]`` when it is empty.
+
+    One rule for every stage that samples among admissible actions (``PolicyAgent``, ``BestOfNAgent``, online
+    DPO, InversePRM's a', branching rollouts): a repeated action would otherwise count twice in
+    softmax(log pi / T), so the same state would have different action distributions in different stages.
+    """
+    return list(dict.fromkeys(actions)) or ["look"]
+
+
 def _clean_observation(text: str, config: PromptConfig) -> str:
     return one_line(strip_filler(text) if config.strip_filler else text)
 
@@ -270,3 +292,76 @@ def format_response(action: str, reason: str = "", config: PromptConfig | None =
         return action
     reason = one_line(reason)
     return f"REASON: {reason}\nACTION: {action}" if reason else f"ACTION: {action}"
+
+
+# -- token budgets ---------------------------------------------------------------------------------------------------
+
+
+def with_recent_history(state: PromptState, keep: int) -> PromptState:
+    """A copy of ``state`` whose history holds only its last ``keep`` steps (``keep`` >= 0)."""
+    return dataclasses.replace(state, history=list(state.history[len(state.history) - keep:]) if keep > 0 else [])
+
+
+def prompt_length(prompt: str, tokenizer: Any) -> int:
+    """Number of prompt ids the policy feeds for ``prompt`` (``policy.encode_prompts``: BOS, if any, + text)."""
+    from agentprm.models.policy import encode_prompts  # lazy: rendering alone needs no torch
+
+    return len(encode_prompts(tokenizer, [prompt])[0])
+
+
+def history_within(state: PromptState, config: PromptConfig, tokenizer: Any, budget: int) -> int:
+    """How many of the most recent history steps the prompt can show within ``budget`` prompt ids: the largest
+    ``k`` <= the steps ``config.history_window`` shows with ``prompt_length(render_prompt(last k steps)) <= budget``;
+    0 when even the prompt without history is too long (the caller decides what to do then).
+
+    Every history step adds whole lines to the prompt, so its length grows with ``k`` and a binary search finds
+    ``k`` in about log2(steps) renderings.
+    """
+    shown = len(select_history(state.history, config.history_window))
+
+    def fits(keep: int) -> bool:
+        return prompt_length(render_prompt(with_recent_history(state, keep), config, tokenizer), tokenizer) <= budget
+
+    if fits(shown):
+        return shown
+    low, high = 0, shown - 1  # the answer is in [low, high]
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def render_prompt_within(state: PromptState, config: PromptConfig, tokenizer: Any, budget: int) -> str:
+    """:func:`render_prompt` with the oldest history steps dropped, as few as possible, so that the prompt's ids
+    number at most ``budget``; the prompt without history when even that is too long."""
+    return render_prompt(with_recent_history(state, history_within(state, config, tokenizer, budget)), config,
+                         tokenizer)
+
+
+def encode_prompts_within(states: Sequence[PromptState], config: PromptConfig, tokenizer: Any,
+                          budgets: Sequence[int]) -> list[list[int]]:
+    """Prompt ids (``policy.encode_prompts``) of ``render_prompt_within(state, config, tokenizer, budget)`` per
+    (state, budget), the training side of the module's token-budget rule. A prompt that fits whole costs one batched
+    tokenisation; only the others are rendered again with fewer history steps.
+
+    Last resort, when even the prompt without history exceeds its budget (task, current observation and valid
+    actions alone are too long): the oldest ids are cut from the left, after the BOS the tokenizer adds. That loses
+    the task line, so it is kept only so that one oversized state cannot stop a run.
+    """
+    from agentprm.models.policy import encode_prompts, tokenizer_adds_bos
+
+    if len(states) != len(budgets):
+        raise ValueError(f"{len(states)} states but {len(budgets)} budgets")
+    encoded = encode_prompts(tokenizer, [render_prompt(state, config, tokenizer) for state in states])
+    keep_bos = tokenizer_adds_bos(tokenizer)
+    for i, (state, budget) in enumerate(zip(states, budgets)):
+        if len(encoded[i]) <= budget:
+            continue
+        ids = encode_prompts(tokenizer, [render_prompt_within(state, config, tokenizer, budget)])[0]
+        if len(ids) > budget:  # last resort (see docstring): the old left cut
+            ids = ids[:1] + ids[len(ids) - budget + 1:] if keep_bos else ids[len(ids) - budget:]
+        encoded[i] = ids
+    return encoded

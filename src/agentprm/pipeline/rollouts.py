@@ -6,7 +6,10 @@ complete; a rerun skips complete shards and replays only the shard that was inte
 lost and nothing is counted twice.
 
 Every step keeps the sampled response text and its log-probability under the policy (``extras["logprob"]``): the
-targets stage keys states by these responses, and nothing is re-tokenised.
+targets stage keys states by these responses, and nothing is re-tokenised. Its ``reason`` is the response's
+reasoning as the never-throwing parser reads it (``parse_response(text, admissible, template)`` with the agent's
+prompt template), so rejection-sampling fine-tuning (``sft_data.build_examples``: ``format_response(action,
+reason)``) trains reason_action rollouts with their reasoning.
 
 Reset distribution (paper Section 4, ``prefixes``): in a reset shard, a game's episode first replays a prefix of an
 expert demonstration in the environment, then the policy takes over. Replayed steps are marked
@@ -34,6 +37,7 @@ from tqdm import tqdm
 from agentprm.data import TrajectoryRecord, TrajectoryWriter, read_trajectories
 from agentprm.envs.base import Game
 from agentprm.envs.runner import EpisodeResult, PolicyInput, PoolSpec, open_pool, run_episodes
+from agentprm.models.parser import parse_response
 from agentprm.models.policy import Sample
 from agentprm.pipeline.episodes import episode_record
 
@@ -152,9 +156,11 @@ def reset_prefixes(demos: Mapping[str, Sequence[str]], games: Sequence[Game], se
 
 
 def rollout_record(result: EpisodeResult, samples: list[Sample], env_name: str, policy_id: str, seed: int,
-                   meta: dict, reset_step: int = 0, flags: Sequence[dict] | None = None) -> TrajectoryRecord:
+                   meta: dict, reset_step: int = 0, flags: Sequence[dict] | None = None,
+                   template: str = "action_only") -> TrajectoryRecord:
     """The record of one rollout; the first ``reset_step`` steps were replayed from an expert prefix; ``flags``
-    (per step) are merged into the steps' extras."""
+    (per step) are merged into the steps' extras; each step's reason is parsed from its response with the agent's
+    prompt ``template`` (a replayed step's response is a bare command: no reason)."""
     extras = [{"logprob": float(s.logprob), "finished": bool(s.finished)} for s in samples]
     for extra, flag in zip(extras, flags or []):
         extra.update(flag)
@@ -162,8 +168,10 @@ def rollout_record(result: EpisodeResult, samples: list[Sample], env_name: str, 
         extra["reset"] = True
     if reset_step:
         meta = {**meta, "reset_step": reset_step}
+    reasons = [parse_response(s.text, obs.admissible_actions, template).reason
+               for (obs, _, _), s in zip(result.transitions, samples)]
     return episode_record(result, env_name, policy_id, seed, meta, responses=[s.text for s in samples],
-                          extras=extras)
+                          reasons=reasons, extras=extras)
 
 
 def collect_rollouts(
@@ -181,6 +189,7 @@ def collect_rollouts(
     prefixes: Mapping[int, Mapping[str, Sequence[str]]] | None = None,
     wrap_agent=None,
     branch_plan=None,
+    template: str = "action_only",
 ) -> list[Path]:
     """Write ``episodes_per_game`` shards of rollouts under ``out_dir``; return the shard paths.
 
@@ -189,6 +198,7 @@ def collect_rollouts(
     ``wrap_agent(agent, seed)``: an optional wrapper around each shard's agent (e.g. a ``SteeredAgent``).
     ``branch_plan(records) -> list[Branch]``: branching rollouts from the base shards' records, written to
     ``shard_branch.jsonl`` (played with ``make_agent(seed + episodes_per_game)``).
+    ``template``: the agents' prompt template (``PromptConfig.template``), to parse each response's reason.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -215,7 +225,7 @@ def collect_rollouts(
                     reset_step = len(resets.get(result.game.game_id, ()))
                     game_id = result.game.game_id
                     writer.write(rollout_record(result, recorder.pop(game_id), env_name, policy_id, seed + k, meta,
-                                                reset_step, recorder.pop_flags(game_id)))
+                                                reset_step, recorder.pop_flags(game_id), template))
                     bar.update(1)
 
                 run_episodes(pool, games, recorder, max_steps, on_episode=on_episode)
@@ -223,12 +233,12 @@ def collect_rollouts(
         bar.close()
         if branch_plan is not None:
             shards.append(_branch_shard(pool, out_dir, shards, branch_plan, make_agent, env_name, max_steps,
-                                        policy_id, seed + episodes_per_game, progress))
+                                        policy_id, seed + episodes_per_game, progress, template))
     return shards
 
 
 def _branch_shard(pool, out_dir: Path, shards: list[Path], branch_plan, make_agent, env_name: str, max_steps: int,
-                  policy_id: str, seed: int, progress: bool) -> Path:
+                  policy_id: str, seed: int, progress: bool, template: str) -> Path:
     from agentprm.pipeline.branching import branch_id, play_branches
 
     shard = out_dir / "shard_branch.jsonl"
@@ -255,7 +265,7 @@ def _branch_shard(pool, out_dir: Path, shards: list[Path], branch_plan, make_age
             unique = branch_id(branch, k)
             recorder = recorders[0]
             writer.write(rollout_record(result, recorder.pop(unique), env_name, policy_id, seed, meta, 0,
-                                        flags + recorder.pop_flags(unique)[branch.start + 1:]))
+                                        flags + recorder.pop_flags(unique)[branch.start + 1:], template))
             bar.update(1)
 
         if branches:

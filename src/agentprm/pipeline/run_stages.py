@@ -121,13 +121,14 @@ def rollouts(ctx: RunContext, out: Path, iteration: int) -> None:
                      num_envs=c.num_envs, workers=c.pool(), progress=c.progress,
                      prefixes=reset_shards(ctx, games, seed),
                      wrap_agent=steer if c.rollouts.steer_fraction else None,
-                     branch_plan=branch_plan(ctx, policy, games, seed) if c.rollouts.branch_states else None)
+                     branch_plan=branch_plan(ctx, policy, games, seed) if c.rollouts.branch_states else None,
+                     template=c.prompt.template)
 
 
 def branch_plan(ctx: RunContext, policy, games: list, seed: int):
     """Branching rollouts (``pipeline.branching.plan_branches``) from the base shards, actions drawn at the
     rollout temperature with the policy's own log-probabilities (one shared prompt pass per state)."""
-    from agentprm.models.prompts import PromptState, format_response, render_prompt
+    from agentprm.models.prompts import PromptState, candidate_actions, format_response, render_prompt
     from agentprm.pipeline.branching import BranchSettings, plan_branches
 
     c = ctx.config
@@ -136,7 +137,7 @@ def branch_plan(ctx: RunContext, policy, games: list, seed: int):
 
     def score(records: list, steps: list[int]) -> list:
         states = [PromptState.from_trajectory(r, t) for r, t in zip(records, steps)]
-        actions = [list(dict.fromkeys(s.admissible_actions)) for s in states]
+        actions = [candidate_actions(s.admissible_actions) for s in states]
         responses = [[format_response(a, "", c.prompt) for a in acts] for acts in actions]
         prompts = [render_prompt(s, c.prompt, policy.tokenizer) for s in states]
         return list(zip(actions, responses, policy.score_candidates(prompts, responses)))
@@ -258,13 +259,19 @@ def _policy_states(ctx: RunContext, iteration: int) -> dict[str, list]:
 
 
 def inverse_targets(ctx: RunContext, out: Path, iteration: int) -> None:
-    """InversePRM data of iteration i (Eq. 9): expert transitions from the demonstrations (label 1), learner
+    """InversePRM data of iteration i (Eq. 9): expert transitions from the won demonstrations, the ones SFT
+    imitates, with responses written as the policy writes them (label 1, ``expert_transitions``), learner
     transitions from the rollouts of pi_0 .. pi_{i-1} (label 0, aggregated), at most
-    ``inverse.transitions_per_class`` of each (seeded), and a' ~ pi_{i-1}(. | s') for every one of them. Episodes
-    are read through ``outcome_free``: no outcome reward on this path."""
+    ``inverse.transitions_per_class`` of each (seeded), and a' ~ pi_{i-1}(. | s') for every one of them. Rollouts
+    are read through ``outcome_free``: no outcome reward of the learner on this path."""
     import random
 
-    from agentprm.algorithms.inverse_prm import episode_transitions, outcome_free, sample_next_responses
+    from agentprm.algorithms.inverse_prm import (
+        episode_transitions,
+        expert_transitions,
+        outcome_free,
+        sample_next_responses,
+    )
     from agentprm.algorithms.inverse_prm_training import transitions_to_jsonl
     from agentprm.data import read_trajectories
     from agentprm.metrics import MetricsLogger
@@ -273,8 +280,8 @@ def inverse_targets(ctx: RunContext, out: Path, iteration: int) -> None:
 
     c = ctx.config
     val = c.targets.val_fraction
-    expert = [t for r in read_trajectories(ctx.dir / "demos" / "demos.jsonl")
-              for t in episode_transitions(outcome_free(r), 1, val)]
+    expert = expert_transitions(read_trajectories(ctx.dir / "demos" / "demos.jsonl"), c.prompt, val,
+                                only_successful=c.sft.only_successful)  # the demonstrations SFT imitates
     learner, latest = [], []
     for j in range(1, iteration + 1):
         for record in read_rollouts(ctx.dir / f"iter_{j}" / "rollouts"):
@@ -360,7 +367,8 @@ def monitor_validation(ctx: RunContext, val_states: list, seed: int):
 def rft_policy(ctx: RunContext, out: Path, iteration: int) -> None:
     """Outcome-only baseline: pi_i = SFT of pi_{i-1} on the won episodes of its own rollouts (rejection sampling
     fine-tuning), with the ``rft`` step budget; the rollouts are the same stage as AgentPRM's, so both use the
-    same environment steps."""
+    same environment steps. Each step is trained as ``format_response(action, reason)`` with the reason the
+    rollouts parsed from the sampled response, so reason_action rollouts keep their reasoning."""
     from agentprm.algorithms.sft import train_sft
 
     from agentprm.pipeline.rollouts import read_rollouts
