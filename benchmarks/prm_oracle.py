@@ -63,6 +63,7 @@ def grade(args: argparse.Namespace) -> None:
     from agentprm.algorithms.action_ranking import estimate_agreement, grade_ranker, paired_difference
     from agentprm.config import load_config
     from agentprm.models.implicit_prm import load_prm
+    from agentprm.models.policy import Policy
     from agentprm.pipeline.oracle import graded_states, load_states, score_states
     from agentprm.pipeline.run_config import RunConfig
 
@@ -70,14 +71,15 @@ def grade(args: argparse.Namespace) -> None:
     states = graded_states(data)
     prompt = load_config(RunConfig, Path(data["run"]) / "config.yaml").prompt
     rows = {"policy": {"ranker": "policy", "what": f"log pi(a|s) of {data['policy']}"}}
-    for spec in args.prm:
+    for spec, kind in [(spec, "prm") for spec in args.prm] + [(spec, "policy") for spec in args.policy]:
         name, _, path = spec.partition("=")
         if not path:
-            raise SystemExit(f"--prm takes NAME=PATH, got {spec!r}")
+            raise SystemExit(f"--{kind} takes NAME=PATH, got {spec!r}")
         start = time.perf_counter()
-        prm = load_prm(path)
-        score_states(data, states, name, prm, prm.tokenizer, prompt)
-        rows[name] = {"ranker": name, "what": path, "scoring_s": time.perf_counter() - start}
+        scorer = load_prm(path) if kind == "prm" else PolicyLogProb(Policy.from_pretrained(path))
+        score_states(data, states, name, scorer, scorer.tokenizer, prompt)
+        rows[name] = {"ranker": name, "what": path if kind == "prm" else f"log pi(a|s) of {path}",
+                      "scoring_s": time.perf_counter() - start}
     for name, row in rows.items():
         row.update(grade_ranker(states, name, delta=args.delta, seed=args.seed))
         if name != "policy":
@@ -94,6 +96,25 @@ def grade(args: argparse.Namespace) -> None:
               f"{fmt(row['spearman'], False)} | {fmt(row['expert_mean_rank'], False)} | {fmt(row['expert_first'])} |")
     if args.results:
         merge_results(Path(args.results), args, data, rows, agreement, len(states))
+
+
+class PolicyLogProb:
+    """A policy checkpoint as a ranker: its log pi(response | prompt) (e.g. an implicit PRM's phi)."""
+
+    def __init__(self, policy) -> None:
+        self.policy, self.tokenizer = policy, policy.tokenizer
+
+    def score(self, prompts, responses):
+        distinct: dict[str, list[int]] = {}
+        for row, prompt in enumerate(prompts):
+            distinct.setdefault(prompt, []).append(row)
+        out = [0.0] * len(prompts)
+        keys = list(distinct)
+        scores = self.policy.score_candidates(keys, [[responses[r] for r in distinct[k]] for k in keys])
+        for key, values in zip(keys, scores):
+            for row, value in zip(distinct[key], values):
+                out[row] = value
+        return out
 
 
 def fmt(metric: dict, percent: bool = True) -> str:
@@ -151,6 +172,9 @@ def main(argv: list[str] | None = None) -> None:
     gr = sub.add_parser("grade", help="grade PRMs and the policy on a states file")
     gr.add_argument("states", help="states file written by `estimate`")
     gr.add_argument("--prm", action="append", default=[], help="NAME=PRM_FOLDER (repeatable)")
+    gr.add_argument("--policy", action="append", default=[],
+                    help="NAME=POLICY_FOLDER: a policy's log-probability as a ranker (repeatable), e.g. an implicit "
+                         "PRM's phi (PRM_FOLDER/policy)")
     gr.add_argument("--delta", type=float, default=0.1, help="pairs need |dQ| >= delta")
     gr.add_argument("--chosen", default="", help="the ranker the configs use (written as 'chosen')")
     gr.add_argument("--results", default="", help="JSON file to merge the rows into")
