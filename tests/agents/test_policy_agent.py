@@ -54,3 +54,18 @@ def test_free_mode_never_crashes_on_garbage(policy, alfworld_root):
 def test_unknown_mode_is_rejected(policy):
     with pytest.raises(ValueError, match="mode must be one of"):
         PolicyAgent(policy, mode="beam")
+
+
+def test_the_score_cache_answers_like_the_policy_even_when_it_fills_up(policy):
+    from agentprm.agents.policy_agent import ScoreCache
+
+    prompts = ["Task: find a mug\n", "You see a desk 1.\n", "Nothing happens.\n"]
+    candidates = [["look", "go to desk 1"], ["look"], ["inventory", "look"]]
+    expected = policy.score_candidates(prompts, candidates)
+    flat = lambda rows: [value for row in rows for value in row]  # noqa: E731
+    cache = ScoreCache(max_entries=2)
+    assert flat(cache.scores(policy, prompts[:2], candidates[:2])) == pytest.approx(flat(expected[:2]), abs=1e-5)
+    # one hit and one new prompt with the cache full: it is cleared, and the hit is still answered
+    got = cache.scores(policy, prompts[1:], candidates[1:])
+    assert flat(got) == pytest.approx(flat(expected[1:]), abs=1e-5)
+    assert (cache.hits, cache.misses) == (1, 3) and len(cache.entries) == 1

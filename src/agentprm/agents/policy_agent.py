@@ -44,17 +44,17 @@ class ScoreCache:
     def scores(self, policy: Policy, prompts: list[str], candidates: list[list[str]]) -> list[list[float]]:
         """Log-probs of every prompt's candidates, scoring only the (prompt, candidates) not seen before."""
         keys = [(prompt, tuple(cands)) for prompt, cands in zip(prompts, candidates)]
-        missing = list(dict.fromkeys(key for key in keys if key not in self.entries))
+        known = {key: self.entries[key] for key in keys if key in self.entries}  # read before any clearing
+        missing = [key for key in dict.fromkeys(keys) if key not in known]
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
         if missing:
             fresh = policy.score_candidates([p for p, _ in missing], [list(c) for _, c in missing])
+            known.update(zip(missing, fresh))
             if len(self.entries) + len(missing) > self.max_entries:
                 self.entries.clear()
             self.entries.update(zip(missing, fresh))
-            found = dict(zip(missing, fresh))
-            return [found[key] if key in found else self.entries[key] for key in keys]
-        return [self.entries[key] for key in keys]
+        return [known[key] for key in keys]
 
 
 @dataclass

@@ -130,10 +130,11 @@ def estimate_ground_truth(env_name: str, games: Sequence[Game], policy: Any, pro
     picks = draw_states(results, settings.states, settings.max_steps, settings.seed)
     states = [prompt_state(results[e], t) for e, t in picks]
     log_pi = policy_scores(policy, prompt, states)
+    tops = [sorted(state.admissible_actions, key=lambda a: -lp[a])[: settings.actions]
+            for state, lp in zip(states, log_pi)]  # the K most likely admissible actions of each state
     branches, owners = [], []
-    for k, ((e, t), state) in enumerate(zip(picks, states)):
+    for k, ((e, t), top) in enumerate(zip(picks, tops)):
         result = results[e]
-        top = sorted(state.admissible_actions, key=lambda a: -log_pi[k][a])[: settings.actions]
         prefix = tuple(action for _, action, _ in result.transitions[:t])
         observations = tuple(obs.text for obs, _, _ in result.transitions[: t + 1])
         for a, action in enumerate(top):
@@ -155,8 +156,7 @@ def estimate_ground_truth(env_name: str, games: Sequence[Game], policy: Any, pro
     log(f"oracle: {len(states)} states, {len(branches)} continuations, {steps} policy steps, "
         f"score cache {cache.hits} hits / {cache.misses} misses")
     rows = []
-    for k, ((e, t), state) in enumerate(zip(picks, states)):
-        top = sorted(state.admissible_actions, key=lambda a: -log_pi[k][a])[: settings.actions]
+    for k, ((e, t), state, top) in enumerate(zip(picks, states, tops)):
         per_action = [returns[(k, a)] for a in range(len(top))]
         rows.append({"game_id": results[e].game.game_id, "task_type": results[e].game.task_type, "step": t,
                      "episode_won": results[e].won, "state": asdict(state), "actions": top,
