@@ -60,7 +60,13 @@ def estimate(args: argparse.Namespace) -> None:
 
 
 def grade(args: argparse.Namespace) -> None:
-    from agentprm.algorithms.action_ranking import estimate_agreement, grade_ranker, paired_difference
+    from agentprm.algorithms.action_ranking import (
+        crossfit_weight,
+        estimate_agreement,
+        grade_ranker,
+        mix_scores,
+        paired_difference,
+    )
     from agentprm.config import load_config
     from agentprm.models.implicit_prm import load_prm
     from agentprm.models.policy import Policy
@@ -80,6 +86,18 @@ def grade(args: argparse.Namespace) -> None:
         score_states(data, states, name, scorer, scorer.tokenizer, prompt)
         rows[name] = {"ranker": name, "what": path if kind == "prm" else f"log pi(a|s) of {path}",
                       "scoring_s": time.perf_counter() - start}
+    for spec in args.mix:
+        name, terms = parse_mix(spec, states)
+        mix_scores(states, name, terms)
+        rows[name] = {"ranker": name, "what": spec.partition("=")[2], "terms": terms}
+    for spec in args.crossfit:
+        name, terms = parse_mix(spec, states)
+        if len(terms) != 2 or terms[0][1] != 1.0:
+            raise SystemExit(f"--crossfit takes NAME=BASE+EXTRA, got {spec!r}")
+        (base, _), (extra, _) = terms
+        weights = crossfit_weight(states, name, base, extra, args.grid, delta=args.delta)
+        rows[name] = {"ranker": name, "what": f"{base} + w * {extra}, w tuned on the other fold of games "
+                                              f"(grid {args.grid})", "fold_weights": weights}
     for name, row in rows.items():
         row.update(grade_ranker(states, name, delta=args.delta, seed=args.seed))
         if name != "policy":
@@ -96,6 +114,25 @@ def grade(args: argparse.Namespace) -> None:
               f"{fmt(row['spearman'], False)} | {fmt(row['expert_mean_rank'], False)} | {fmt(row['expert_first'])} |")
     if args.results:
         merge_results(Path(args.results), args, data, rows, agreement, len(states))
+
+
+def parse_mix(spec: str, states) -> tuple[str, list[tuple[str, float]]]:
+    """'NAME=A+0.1*B' -> ("NAME", [("A", 1.0), ("B", 0.1)]); every ranker must be scored already."""
+    name, _, expr = spec.partition("=")
+    if not name or not expr:
+        raise SystemExit(f"a combined ranker is NAME=RANKER+W*RANKER, got {spec!r}")
+    terms = []
+    for part in expr.split("+"):
+        weight, _, ranker = part.rpartition("*")
+        try:
+            terms.append((ranker.strip(), float(weight) if weight else 1.0))
+        except ValueError:
+            raise SystemExit(f"{spec!r}: {weight!r} is not a number") from None
+    known = set(states[0].scores) if states else set()
+    unknown = [r for r, _ in terms if r not in known]
+    if unknown:
+        raise SystemExit(f"{spec!r}: no ranker {unknown} (scored: {sorted(known)})")
+    return name, terms
 
 
 class PolicyLogProb:
@@ -175,6 +212,12 @@ def main(argv: list[str] | None = None) -> None:
     gr.add_argument("--policy", action="append", default=[],
                     help="NAME=POLICY_FOLDER: a policy's log-probability as a ranker (repeatable), e.g. an implicit "
                          "PRM's phi (PRM_FOLDER/policy)")
+    gr.add_argument("--mix", action="append", default=[],
+                    help="NAME=A+W*B: a weighted sum of rankers scored above, e.g. Q_0+0.1*policy (Q + lambda log pi)")
+    gr.add_argument("--crossfit", action="append", default=[],
+                    help="NAME=BASE+EXTRA: BASE + w * EXTRA with w from --grid chosen on the other fold of games")
+    gr.add_argument("--grid", type=lambda text: [float(v) for v in text.split(",")],
+                    default=[0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0], help="weights tried by --crossfit (comma list)")
     gr.add_argument("--delta", type=float, default=0.1, help="pairs need |dQ| >= delta")
     gr.add_argument("--chosen", default="", help="the ranker the configs use (written as 'chosen')")
     gr.add_argument("--results", default="", help="JSON file to merge the rows into")

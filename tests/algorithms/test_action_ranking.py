@@ -7,10 +7,13 @@ import pytest
 from agentprm.algorithms.action_ranking import (
     GradedState,
     average_ranks,
+    _fold,
     bootstrap_ci,
+    crossfit_weight,
     estimate_agreement,
     expert_rank,
     grade_ranker,
+    mix_scores,
     pair_credits,
     paired_difference,
     spearman,
@@ -85,3 +88,36 @@ def test_paired_difference_is_the_accuracy_gap_on_the_same_pairs():
     result = paired_difference([good, mixed], "r", "b", delta=0.1, resamples=200)
     assert result["value"] == pytest.approx((4 - 2) / 4) and result["n"] == 4
     assert result["ci95"][0] <= result["value"] <= result["ci95"][1]
+
+
+def test_mix_scores_adds_weighted_rankers():
+    state = _state([1.0, 0.0], [0.2, 0.6])
+    state.scores["policy"] = {"a0": -1.0, "a1": -5.0}
+    mix_scores([state], "m", [("r", 1.0), ("policy", 0.5)])
+    # a0: 0.2 - 0.5 = -0.3; a1: 0.6 - 2.5 = -1.9: the mix orders the pair right where r alone does not
+    assert state.scores["m"] == pytest.approx({"a0": -0.3, "a1": -1.9})
+    assert pair_credits(state, "m", 0.1) == [1.0] and pair_credits(state, "r", 0.1) == [0.0]
+
+
+def test_crossfit_weight_chooses_on_the_other_fold():
+    def game_state(game, q, r, policy):
+        state = _state(q, r)
+        state.scores["policy"] = dict(zip(state.actions, policy))
+        state.meta["game_id"] = game
+        return state
+
+    games = [f"g{k}" for k in range(40)]
+    fold0 = next(g for g in games if _fold(GradedState([], [], ([], []), meta={"game_id": g})) == 0)
+    fold1 = next(g for g in games if _fold(GradedState([], [], ([], []), meta={"game_id": g})) == 1)
+    # fold 0: the policy is right and r wrong (a large weight wins); fold 1: r is right, the policy wrong (w = 0)
+    a = game_state(fold0, [1.0, 0.0], [0.4, 0.6], [-1.0, -3.0])
+    b = game_state(fold1, [1.0, 0.0], [0.9, 0.1], [-3.0, -1.0])
+    chosen = crossfit_weight([a, b], "m", "r", "policy", [0.0, 1.0])
+    # fold 0's weight is tuned on fold 1 (0 best there), fold 1's on fold 0 (1 best there)
+    assert chosen == [0.0, 1.0]
+    assert a.scores["m"] == pytest.approx({"a0": 0.4, "a1": 0.6})
+    assert b.scores["m"] == pytest.approx({"a0": -2.1, "a1": -0.9})
+    # both states are ordered wrong: tuning on one fold does not leak into the other's grade
+    assert grade_ranker([a, b], "m", resamples=50)["pairwise_accuracy"]["value"] == 0.0
+    with pytest.raises(ValueError):
+        crossfit_weight([a], "m", "r", "policy", [])

@@ -178,3 +178,54 @@ def paired_difference(states: Sequence[GradedState], ranker: str, baseline: str,
     parts = [(sum(a) - sum(b), len(a)) for a, b in
              ((pair_credits(s, ranker, delta), pair_credits(s, baseline, delta)) for s in states)]
     return _summary(parts, seed, resamples)
+
+
+# -- combined rankers: a PRM corrected by the policy's own log-probability ------------------------------------------
+
+
+def mix_scores(states: Sequence[GradedState], name: str, terms: Sequence[tuple[str, float]]) -> None:
+    """Add the ranker ``name`` = sum_r w_r * score_r(a) over ``terms`` [(ranker, w_r)] to every state.
+
+    ``Q + lambda log pi`` is [(prm, 1), ("policy", lambda)]: Best-of-N's combined rule, and the order of the exact
+    KL-regularised step's target pi*(a|s) proportional to pi(a|s) exp(Q(s, a)/beta), which ranks actions by
+    Q + beta log pi.
+    """
+    for state in states:
+        state.scores[name] = {a: sum(w * state.scores[r][a] for r, w in terms) for a in state.admissible}
+
+
+def _fold(state: GradedState) -> int:
+    """0 or 1 by the state's game (a stable digest of ``meta["game_id"]``): a game's states share one fold."""
+    import hashlib
+
+    return hashlib.sha256(str(state.meta.get("game_id", "")).encode()).digest()[0] % 2
+
+
+def crossfit_weight(states: Sequence[GradedState], name: str, base: str, extra: str, grid: Sequence[float],
+                    delta: float = 0.1) -> list[float]:
+    """``base + w * extra`` with w chosen on the OTHER fold of games (two folds by game, :func:`_fold`): the weight
+    maximising pairwise accuracy on fold 1 scores fold 0's states and vice versa (ties: the first in ``grid``).
+    Writes the ranker ``name`` into every state and returns the two chosen weights [for fold 0, for fold 1], so
+    the graded accuracy of ``name`` is that of a tuned combination, free of the tuning's optimism."""
+    if not grid:
+        raise ValueError("crossfit_weight needs a non-empty grid of weights")
+    folds = [[s for s in states if _fold(s) == f] for f in (0, 1)]
+
+    def accuracy(group: Sequence[GradedState], w: float) -> float:
+        credits = [c for s in group for c in _mixed_credits(s, base, extra, w, delta)]
+        return sum(credits) / len(credits) if credits else 0.0
+
+    chosen = []
+    for f in (0, 1):
+        other = folds[1 - f]
+        best = max(grid, key=lambda w: (accuracy(other, w), -list(grid).index(w)))
+        chosen.append(best)
+        mix_scores(folds[f], name, [(base, 1.0), (extra, best)])
+    return chosen
+
+
+def _mixed_credits(state: GradedState, base: str, extra: str, w: float, delta: float) -> list[float]:
+    b, e = state.scores[base], state.scores[extra]
+    value = {a: b[a] + w * e[a] for a in state.actions}
+    return [_order_credit(value[state.actions[i]], value[state.actions[j]], state.q[i] - state.q[j])
+            for i, j in state_pairs(state, delta)]
