@@ -398,13 +398,13 @@ def train_online_dpo(config: DPOConfig, policy_path: str | Path, prm: ResponseSc
     return summary
 
 
-def _save_model_atomic(folder: Path, policy: Policy, info: dict) -> None:
+def _save_model_atomic(folder: Path, policy: Policy, info: dict, card: str = "agentprm_dpo.json") -> None:
     """``save_pretrained`` into a staging folder, then rename: an interrupted save never leaves a half model."""
     from agentprm.atomic import atomic_directory
 
     with atomic_directory(folder, overwrite=True) as staging:
         policy.save_pretrained(staging)
-        (staging / "agentprm_dpo.json").write_text(json.dumps(info, indent=2) + "\n")
+        (staging / card).write_text(json.dumps(info, indent=2) + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from agentprm.algorithms.dpo_trainer import DPOConfig
+from agentprm.algorithms.kl_step import KLStepConfig
 from agentprm.algorithms.prm_training import PRMTrainConfig
 from agentprm.algorithms.sft import SFTConfig
 from agentprm.algorithms.trajectory_dpo import TrajectoryDPOConfig
@@ -189,7 +190,12 @@ class RunConfig:
     trajectory_dpo: TrajectoryDPOConfig = field(default_factory=TrajectoryDPOConfig, metadata={
         "help": "trajectory-level preference optimisation (algorithm: trajectory_dpo)"})
     prm: PRMTrainConfig = field(default_factory=PRMTrainConfig, metadata={"help": "stage 2: PRM training"})
+    policy_step: Literal["dpo", "kl"] = field(default="dpo", metadata={
+        "help": "stage 3 of agentprm / inverse_prm: dpo (online DPO, the paper's) or kl (the exact KL-regularised "
+                "step: pi_i fitted to pi* = pi_{i-1} exp(Q / beta) / Z over the admissible actions)"})
     dpo: DPOConfig = field(default_factory=DPOConfig, metadata={"help": "stage 3: online DPO against the PRM"})
+    kl: KLStepConfig = field(default_factory=KLStepConfig, metadata={"help": "stage 3: the exact KL step "
+                                                                            "(policy_step: kl)"})
     monitor: MonitorSettings = field(default_factory=MonitorSettings, metadata={
         "help": "reward-hacking monitor of online DPO (on when dpo.monitor_every > 0)"})
     eval: EvalSettings = field(default_factory=EvalSettings, metadata={"help": "evaluation protocol"})
@@ -237,6 +243,14 @@ class RunConfig:
         if self.prm.kind == "implicit" and (self.algorithm != "agentprm" or self.targets.shaping):
             raise ValueError("prm.kind: implicit is trained on the rollouts' outcomes: it needs algorithm: agentprm "
                              "and targets.shaping: false")
+        if self.policy_step == "kl":
+            if self.policy.mode != "admissible":
+                raise ValueError("policy_step: kl needs policy.mode: admissible (pi* is a distribution over the "
+                                 "admissible actions)")
+            if self.kl.q_source == "mc" and self.algorithm != "agentprm":
+                raise ValueError("kl.q_source: mc uses the rollouts' Monte Carlo targets: it needs algorithm: "
+                                 "agentprm")
+            self.kl.validate()
         if self.policy.server_url and self.policy.mode != "free":
             raise ValueError("policy.server_url needs policy.mode: free (servers do not score admissible actions)")
         if self.model.source == "path" and not self.model.path:

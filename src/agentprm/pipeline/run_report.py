@@ -78,6 +78,7 @@ def _training_notes(run_dir: Path) -> str:
         targets = _read(iteration / "targets" / "targets.json")
         validation = _read(iteration / "prm" / "validation.json")
         dpo = _read(iteration / "policy" / "dpo_summary.json")
+        kl = _read(iteration / "policy" / "kl_summary.json")
         if targets:
             notes.append(f"- iteration {i}: {targets['episodes']} rollouts of pi_{i - 1}, success "
                          f"{targets['episode_success']:.1%}; {targets['keys']} (state, action) keys, mean Q_hat "
@@ -88,6 +89,9 @@ def _training_notes(run_dir: Path) -> str:
         if dpo:
             shown = {k: v for k, v in dpo.items() if isinstance(v, (int, float))}
             notes.append(f"- pi_{i} online DPO: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(shown.items())))
+        if kl:
+            shown = {k: v for k, v in {**kl, **kl.get("final", {})}.items() if isinstance(v, (int, float))}
+            notes.append(f"- pi_{i} KL step: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(shown.items())))
         monitor = dpo.get("monitor") if dpo else None
         if monitor and monitor.get("readings"):
             readings = ", ".join(f"{r['step']}: {r['prm_score']:.3f}/{r['success']:.0%}" for r in monitor["readings"])

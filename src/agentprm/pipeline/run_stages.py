@@ -327,6 +327,9 @@ def train_policy(ctx: RunContext, out: Path, iteration: int) -> None:
     from agentprm.metrics import MetricsLogger
     from agentprm.models.implicit_prm import load_prm
 
+    if ctx.config.policy_step == "kl":
+        kl_policy(ctx, out, iteration)
+        return
     states = _policy_states(ctx, iteration)
     prm = load_prm(ctx.prm_path(iteration - 1))
     seed = _seed(ctx, "dpo", iteration)
@@ -336,6 +339,28 @@ def train_policy(ctx: RunContext, out: Path, iteration: int) -> None:
     with MetricsLogger(out / "metrics.jsonl", "dpo", iteration, tensorboard_dir=out / "tensorboard") as metrics:
         train_online_dpo(config, ctx.policy_path(iteration - 1), prm, states["train"], out, ctx.config.prompt,
                          metrics, validation)
+
+
+def kl_policy(ctx: RunContext, out: Path, iteration: int) -> None:
+    """pi_i = the exact KL step (``algorithms.kl_step``) from pi_{i-1} on the latest rollouts' training states, with Q
+    from Q_{i-1} for every admissible action, or (``kl.q_source: mc``) the rollouts' own Monte Carlo estimates."""
+    from agentprm.algorithms.kl_step import mc_states, prm_states, train_kl_policy
+    from agentprm.algorithms.mc_targets import targets_from_parquet
+    from agentprm.metrics import MetricsLogger
+    from agentprm.models.implicit_prm import load_prm
+
+    c = ctx.config
+    config = dataclasses.replace(c.kl, seed=_seed(ctx, "dpo", iteration), progress=c.progress)
+    if config.q_source == "mc":
+        states = mc_states(targets_from_parquet(ctx.dir / f"iter_{iteration}" / "targets" / "targets.parquet"))
+        prm = None
+        if not states:
+            raise ValueError(f"kl.q_source: mc found no state with two estimated actions in iteration {iteration}'s "
+                             f"targets; use branching rollouts (rollouts.branch_states) or targets.key: state")
+    else:
+        states, prm = prm_states(_policy_states(ctx, iteration)["train"]), load_prm(ctx.prm_path(iteration - 1))
+    with MetricsLogger(out / "metrics.jsonl", "kl", iteration, tensorboard_dir=out / "tensorboard") as metrics:
+        train_kl_policy(config, ctx.policy_path(iteration - 1), prm, states, out, c.prompt, metrics)
 
 
 def monitor_validation(ctx: RunContext, val_states: list, seed: int):

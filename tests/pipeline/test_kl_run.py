@@ -1,0 +1,42 @@
+"""The exact KL step as the policy step of a tiny `agentprm run` (real games), and its config checks."""
+
+import json
+
+import pytest
+
+from agentprm.config import ConfigError, load_config
+from agentprm.metrics import read_metrics
+from agentprm.pipeline.report import read_summary
+from agentprm.pipeline.run_config import RunConfig
+from test_run import finished_run, tiny_config  # tests/pipeline is on sys.path (no __init__.py)
+
+
+@pytest.fixture(scope="module")
+def kl_run(alfworld_root, tmp_path_factory):
+    root, _ = alfworld_root
+    config = tiny_config(root)
+    config["policy_step"] = "kl"
+    config["kl"] = {"beta": 0.2, "lr": 1e-3, "steps": 3, "states_per_step": 4, "log_every": 1}
+    config["dpo"]["monitor_every"] = 0
+    return finished_run(config, tmp_path_factory.mktemp("kl_config"))
+
+
+def test_the_kl_step_trains_pi_1_against_the_prm(kl_run):
+    summary = json.loads((kl_run / "iter_1/policy/kl_summary.json").read_text())
+    assert summary["steps"] == 3 and summary["states"] > 0
+    assert (kl_run / "iter_1/policy/model/agentprm_kl.json").is_file()
+    assert not (kl_run / "iter_1/policy/dpo_summary.json").exists()
+    losses = read_metrics(kl_run / "iter_1/policy/metrics.jsonl", "kl", "loss")
+    assert len(losses) == 3
+    rows = read_summary(kl_run / "summary.json")["rows"]
+    assert {(r["agent"], r["kind"]) for r in rows} >= {("pi_1", "policy"), ("pi_1", "bon")}
+    assert "KL step" in (kl_run / "report.md").read_text()
+
+
+def test_kl_step_config_is_checked_before_any_work():
+    with pytest.raises((ValueError, ConfigError), match="admissible"):
+        load_config(RunConfig, {"policy_step": "kl", "policy": {"mode": "free"}}).validate()
+    with pytest.raises((ValueError, ConfigError), match="agentprm"):
+        load_config(RunConfig, {"policy_step": "kl", "kl": {"q_source": "mc"}, "algorithm": "inverse_prm"}).validate()
+    with pytest.raises((ValueError, ConfigError), match="beta"):
+        load_config(RunConfig, {"policy_step": "kl", "kl": {"beta": 0}}).validate()
