@@ -56,6 +56,14 @@ def test_ties_go_to_the_higher_likelihood_then_the_first_sampled():
     assert select_best(cands, ["a", "b", "c"]) == 2
 
 
+def test_q_plus_lambda_log_pi_keeps_the_policy_preference():
+    # Q: b > a by 0.1; log pi: a > b by 2 nats. lambda = 0.1: a scores 0.5 - 0.1 = 0.4, b 0.6 - 0.3 = 0.3
+    cands = [cand("a", 0.5, logprob=-1.0), cand("b", 0.6, logprob=-3.0)]
+    assert select_best(cands, ["a", "b"]) == 1
+    assert select_best(cands, ["a", "b"], logprob_weight=0.1) == 0
+    assert select_best(cands, ["a", "b"], logprob_weight=0.04) == 1  # 0.46 < 0.48
+
+
 def test_single_distinct_action_needs_no_score_and_missing_scores_are_an_error():
     assert select_best([cand("look"), cand("look")], ["look"]) == 0
     with pytest.raises(ValueError, match="no PRM score"):
@@ -122,6 +130,20 @@ def test_n1_acts_exactly_like_the_policy_agent(policy, games, pool):
     plain = play(pool, PolicyAgent(policy, temperature=1.0, seed=5), games, max_steps=3)
     assert bon == plain
     assert prm.calls == 0  # one sample per turn: nothing to choose between
+
+
+def test_distinct_candidates_are_counted_per_turn(policy, games, pool):
+    agent = BestOfNAgent(policy, PreferHelp(), n=4, temperature=1.0, seed=3, logprob_weight=0.1)
+    counts = []
+
+    def check(batch, actions):
+        for item in batch:
+            choice = agent.last_choices[item.slot]
+            counts.append(len({c.action for c in choice.candidates}))
+
+    play(pool, agent, games, max_steps=3, on_turn=check)
+    assert agent.turns == len(counts) > 0
+    assert agent.distinct_candidates == sum(counts) and 1 <= agent.distinct_candidates / agent.turns <= 4
 
 
 def test_a_repeated_admissible_action_counts_once_in_every_stage(policy):

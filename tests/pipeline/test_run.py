@@ -73,6 +73,10 @@ def test_a_run_produces_the_papers_table_shape(straight_run):
     assert labels == [("pi_0", "policy", None, 1), ("pi_0", "bon", "Q_0", 2), ("pi_1", "policy", None, 1),
                       ("pi_1", "bon", "Q_0", 2), ("pi_1", "bon", "Q_0", 1)]
     assert summary["eval_games"] == 6 and summary["max_steps"] == 8
+    # BoN candidates are drawn at the evaluation temperature: BoN(N=1) is the policy row, episode for episode
+    pi_1, bon_1 = summary["rows"][2], summary["rows"][4]
+    assert (bon_1["success"], bon_1["mean_actions"]) == (pi_1["success"], pi_1["mean_actions"])
+    assert bon_1["distinct_candidates"] == 1.0 and 1.0 <= summary["rows"][3]["distinct_candidates"] <= 2.0
     for row in summary["rows"]:
         assert 0 <= row["ci95"][0] <= row["success"] <= row["ci95"][1] <= 1 and row["episodes"] == 6
     report = (out / "report.md").read_text()

@@ -9,7 +9,14 @@ For every live slot and every turn:
    still acts);
 3. reduce to distinct actions: each action is represented by its most likely response (then the first sampled);
 4. score each distinct action once with the PRM, Q(s, response) in [0, 1], all slots in one ``prm.score`` call;
-5. execute  argmax_a Q(s, a),  ties broken by the higher policy log-probability, then by sampling order.
+5. execute  argmax_a Q(s, a) + lambda log pi(a | s)  (``logprob_weight`` lambda, 0 by default: the paper's argmax
+   of Q), ties broken by the higher policy log-probability, then by sampling order.
+
+With lambda > 0 the PRM corrects the policy's preference instead of replacing it: lambda = beta orders the
+candidates as the exact KL step's pi*(a|s) proportional to pi(a|s) exp(Q(s, a) / beta). Reducing to distinct actions
+forgets how often the policy proposed each one; the log pi term puts that knowledge back. ``turns`` and
+``distinct_candidates`` count the turns and the distinct (admissible) actions they offered, so a Best-of-N curve can
+say how many candidates each N really gave.
 
 Deviations from the reference code and why:
 
@@ -89,10 +96,12 @@ def representatives(candidates: Sequence[Candidate], admissible: Sequence[str],
     return sorted(best.values())
 
 
-def select_best(candidates: Sequence[Candidate], admissible: Sequence[str], filter_admissible: bool = True) -> int:
-    """Index of the candidate to execute: argmax of Q over :func:`representatives`, ties by higher log-probability,
-    then by sampling order. Only representatives' scores are read (duplicates may be unscored); a lone
-    representative needs no score. Raises ``ValueError`` when there is no candidate or a representative is unscored.
+def select_best(candidates: Sequence[Candidate], admissible: Sequence[str], filter_admissible: bool = True,
+                logprob_weight: float = 0.0) -> int:
+    """Index of the candidate to execute: argmax of Q + ``logprob_weight`` * log pi over :func:`representatives`,
+    ties by higher log-probability, then by sampling order. Only representatives' scores are read (duplicates may
+    be unscored); a lone representative needs no score. Raises ``ValueError`` when there is no candidate or a
+    representative is unscored.
     """
     if not candidates:
         raise ValueError("select_best needs at least one candidate")
@@ -102,7 +111,8 @@ def select_best(candidates: Sequence[Candidate], admissible: Sequence[str], filt
     unscored = [candidates[i].action for i in chosen if candidates[i].score is None]
     if unscored:
         raise ValueError(f"candidates {unscored} have no PRM score; score every representative before selecting")
-    return max(chosen, key=lambda i: (candidates[i].score, candidates[i].logprob, -i))
+    return max(chosen, key=lambda i: (candidates[i].score + logprob_weight * candidates[i].logprob,
+                                      candidates[i].logprob, -i))
 
 
 # -- the agent -------------------------------------------------------------------------------------------------------
@@ -128,6 +138,7 @@ class BestOfNAgent:
     filter_admissible: bool = True
     score_duplicates: bool = False
     temperature: float = 0.3
+    logprob_weight: float = 0.0
     top_p: float = 1.0
     max_new_tokens: int = 48
     seed: int = 0
@@ -136,6 +147,8 @@ class BestOfNAgent:
     last_prompts: dict[int, str] = field(default_factory=dict)
     prm_evaluations: int = 0
     prm_calls: int = 0
+    turns: int = 0
+    distinct_candidates: int = 0
     _calls: int = 0
 
     def __post_init__(self) -> None:
@@ -143,6 +156,8 @@ class BestOfNAgent:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
             raise ValueError(f"n must be an integer >= 1, got {self.n!r}")
+        if not self.logprob_weight >= 0:
+            raise ValueError(f"logprob_weight must be >= 0, got {self.logprob_weight!r}")
 
     def __call__(self, batch: list[PolicyInput]) -> list[str]:
         states = [PromptState.from_policy_input(item) for item in batch]
@@ -154,7 +169,10 @@ class BestOfNAgent:
         self.last_prompts = {item.slot: prompt for item, prompt in zip(batch, prompts)}
         actions = []
         for item, slot_candidates, slot_samples in zip(batch, candidates, samples):
-            chosen = select_best(slot_candidates, item.observation.admissible_actions, self.filter_admissible)
+            admissible = item.observation.admissible_actions
+            chosen = select_best(slot_candidates, admissible, self.filter_admissible, self.logprob_weight)
+            self.turns += 1
+            self.distinct_candidates += len(representatives(slot_candidates, admissible, self.filter_admissible))
             self.last_choices[item.slot] = Choice(slot_candidates, chosen)
             self.last_samples[item.slot] = slot_samples[chosen]
             actions.append(slot_candidates[chosen].action)

@@ -339,8 +339,9 @@ def results_table(rows: Sequence[Mapping[str, Any]]) -> str:
     actions, episodes, one column per task type."""
     columns = task_type_columns(rows)
     splits = len({row.get("split") for row in rows}) > 1
+    distinct = any("distinct_candidates" in row for row in rows)  # Best-of-N: distinct actions per turn
     header = ["Agent", *(["Split"] if splits else []), "Success % (95% CI)", "Mean actions", "Episodes",
-              *[name for _, name in columns]]
+              *(["Distinct / turn"] if distinct else []), *[name for _, name in columns]]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * (1 + splits) + ["---:"] * (len(header) - 1
                                                                                               - splits)) + "|"]
     for row in rows:
@@ -348,6 +349,8 @@ def results_table(rows: Sequence[Mapping[str, Any]]) -> str:
         cells = [row_label(row), *([str(row.get("split", ""))] if splits else []),
                  f"{100 * row['success']:.1f} ({100 * lo:.1f}–{100 * hi:.1f})",
                  f"{row['mean_actions']:.1f}", str(row["episodes"])]
+        if distinct:
+            cells.append(f"{row['distinct_candidates']:.2f}" if "distinct_candidates" in row else "–")
         cells += [f"{100 * row['by_task_type'][t]:.1f}" if t in row["by_task_type"] else "–" for t, _ in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

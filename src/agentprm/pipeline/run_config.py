@@ -129,7 +129,15 @@ class EvalSettings:
     bon_n: int = field(default=16, metadata={"help": "N of the Best-of-N rows (paper: 16)"})
     bon_curve: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32],
                                  metadata={"help": "N values of the final Best-of-N scaling curve"})
-    bon_temperature: float = field(default=1.0, metadata={"help": "sampling temperature of Best-of-N candidates"})
+    bon_temperature: float | None = field(default=None, metadata={
+        "help": "sampling temperature of Best-of-N candidates (default: eval.temperature, so that BoN(N=1) is the "
+                "policy row; the reference samples at the generator's 1.0)"})
+    bon_logprob_weight: float = field(default=0.0, metadata={
+        "help": "Best-of-N ranks candidates by Q + lambda log pi with this lambda (0 = by Q alone, the paper's "
+                "rule); lambda = beta orders as the KL step's pi*"})
+
+    def candidate_temperature(self) -> float:
+        return self.temperature if self.bon_temperature is None else self.bon_temperature
 
 
 @dataclass
@@ -267,5 +275,9 @@ class RunConfig:
                                  f"set games.{self.monitor.split} > 0")
         if self.monitor.games < 0 or self.monitor.states < 0:
             raise ValueError("monitor.games and monitor.states must be >= 0")
+        if self.eval.temperature < 0 or (self.eval.bon_temperature is not None and self.eval.bon_temperature < 0):
+            raise ValueError("eval.temperature and eval.bon_temperature must be >= 0")
+        if self.eval.bon_logprob_weight < 0:
+            raise ValueError(f"eval.bon_logprob_weight must be >= 0, got {self.eval.bon_logprob_weight}")
         if any(n < 1 for n in self.eval.bon_curve) or self.eval.bon_n < 1:
             raise ValueError("Best-of-N sizes must be >= 1")

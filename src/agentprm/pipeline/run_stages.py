@@ -448,7 +448,8 @@ def _agent(ctx: RunContext, policy_iteration: int, prm_iteration: int | None, n:
         return PolicyAgent(policy, prompt=c.prompt, mode=c.policy.mode, temperature=c.eval.temperature,
                            max_new_tokens=c.policy.max_new_tokens, seed=seed)
     prm = load_prm(ctx.prm_path(prm_iteration))
-    return BestOfNAgent(policy, prm, n=n, prompt=c.prompt, mode=c.policy.mode, temperature=c.eval.bon_temperature,
+    return BestOfNAgent(policy, prm, n=n, prompt=c.prompt, mode=c.policy.mode,
+                        temperature=c.eval.candidate_temperature(), logprob_weight=c.eval.bon_logprob_weight,
                         max_new_tokens=c.policy.max_new_tokens, seed=seed)
 
 
@@ -466,6 +467,8 @@ def _evaluate(ctx: RunContext, out: Path, label: str, policy_iteration: int, prm
     row = summary_row(f"pi_{policy_iteration}", policy_iteration, kind, 1 if prm_iteration is None else n,
                       None if prm_iteration is None else f"Q_{prm_iteration}", evaluation.table)
     row["agent_steps_per_s"] = evaluation.steps_per_second
+    if prm_iteration is not None:  # how many distinct actions N samples really offered the PRM
+        row["distinct_candidates"] = agent.turns and agent.distinct_candidates / agent.turns
     ctx.log(f"  {label}: success {row['success']:.1%} (95% CI {row['ci95'][0]:.1%}-{row['ci95'][1]:.1%}), "
             f"mean actions {row['mean_actions']:.1f}")
     return row
