@@ -86,6 +86,17 @@ def test_select_dpo_pairs_exact():
     assert pairs[0].chosen.score == 0.9 and pairs[0].rejected.score == 0.2
 
 
+def test_min_gap_skips_pairs_a_prm_barely_separates():
+    close = [_r((1,), 0.50), _r((2,), 0.52)]
+    apart = [_r((1,), 0.2), _r((2,), 0.9)]
+    invalid = [_r((1,), 0.0, valid=False), _r((2,), 0.01)]
+    assert len(select_dpo_pairs([close, apart, invalid])) == 3
+    pairs = select_dpo_pairs([close, apart, invalid], min_gap=0.05)
+    # the close pair is dropped; a valid response always beats an invalid one, whatever the gap
+    assert [p.state_index for p in pairs] == [1, 2]
+    assert select_dpo_pairs([close], min_gap=0.02)[0].chosen.score == 0.52  # a gap equal to min_gap is kept
+
+
 def test_invalid_response_scores_the_constant():
     assert ScoredResponse("x", [1], 0.7, valid=False).score == INVALID_SCORE == -1.0
     assert ScoredResponse("x", [1], 0.7).token_ids == (1,)
@@ -258,3 +269,23 @@ def test_without_keep_best_the_last_weights_stay(sft_model, alfworld_demos, tmp_
                                   DPOValidation(states=[], success=lambda p: next(scripted)))
     assert summary["monitor"]["selected_step"] == 0 and summary["monitor"]["kept"] == "last"
     assert not all(torch.equal(v, reference.model.state_dict()[k]) for k, v in policy.model.state_dict().items())
+
+
+def test_distinct_sampling_gives_every_state_two_different_actions(sft_model, alfworld_demos, tmp_path):
+    from agentprm.algorithms.dpo_trainer import sample_responses
+
+    policy = Policy.from_pretrained(sft_model)
+    states = [s for s in _states(alfworld_demos)[:20] if len(set(s.admissible_actions)) >= 2]
+    prompts = [render_prompt(s, PROMPT_CONFIG, policy.tokenizer) for s in states]
+    config = DPOConfig(samples_per_state=2, temperature=1.0, distinct=True)
+    rows = sample_responses(policy, states, prompts, config, PROMPT_CONFIG, seed=3)
+    assert all(len({r.text for r in row}) == 2 for row in rows)
+    with MetricsLogger(tmp_path / "metrics.jsonl", "dpo") as metrics:
+        summary = online_dpo_loop(DPOConfig(lr=1e-4, steps=2, states_per_step=4, distinct=True, progress=False),
+                                  policy, Policy.from_pretrained(sft_model), GoToScorer(), states, PROMPT_CONFIG,
+                                  metrics)
+    assert summary["pair_fraction"] == summary["pairs"] / 8
+    with pytest.raises(ValueError, match="admissible"):
+        DPOConfig(distinct=True, mode="free").validate()
+    with pytest.raises(ValueError, match="min_gap"):
+        DPOConfig(min_gap=-0.1).validate()

@@ -109,13 +109,14 @@ def dpo_loss(
     return loss, stats
 
 
-def select_dpo_pairs(candidates_per_state: Sequence[Sequence[ScoredResponse]]) -> list[Pair]:
+def select_dpo_pairs(candidates_per_state: Sequence[Sequence[ScoredResponse]], min_gap: float = 0.0) -> list[Pair]:
     """At most one (chosen, rejected) pair per state: the best and the worst of its responses.
 
     Identical responses (same token ids) collapse to their first sample. Chosen is the response with the
     highest ``rank_key`` (valid first, then score), rejected the lowest; among equal keys the first sampled
     wins both ways, so the choice is deterministic. A state is skipped when the best and worst keys tie (all
-    responses identical, all equally scored, or all invalid) or when it has fewer than two responses.
+    responses identical, all equally scored, or all invalid), when both are valid and their scores differ by
+    less than ``min_gap`` (a PRM's noise is no preference), or when it has fewer than two responses.
     """
     pairs: list[Pair] = []
     for state_index, responses in enumerate(candidates_per_state):
@@ -128,6 +129,8 @@ def select_dpo_pairs(candidates_per_state: Sequence[Sequence[ScoredResponse]]) -
         best = max(distinct, key=lambda i: responses[i].rank_key)  # max/min return the first extreme
         worst = min(distinct, key=lambda i: responses[i].rank_key)
         if responses[best].rank_key == responses[worst].rank_key:
+            continue
+        if responses[worst].valid and responses[best].score - responses[worst].score < min_gap:
             continue
         pairs.append(Pair(state_index, best, worst, responses[best], responses[worst]))
     return pairs

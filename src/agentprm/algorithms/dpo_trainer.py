@@ -7,13 +7,14 @@ One optimiser step (``config.steps`` of them):
    ``admissible`` mode samples among the admissible actions (``Policy.sample_admissible``), ``free`` mode
    generates up to ``max_new_tokens`` tokens (``Policy.generate``) and parses them (``parse_response``);
 3. score with the PRM (valid responses only; unparsable / non-admissible / unfinished get ``INVALID_SCORE``);
-4. ``select_dpo_pairs`` (best vs worst, ties skipped), the reference log-probs of every sample (no grad), the
+4. ``select_dpo_pairs`` (best vs worst; ties and gaps under ``min_gap`` skipped), the reference log-probs of every sample (no grad), the
    policy log-probs of the pairs (with grad), the sigmoid DPO loss, clip, AdamW step.
 
 Logged (stage ``dpo``, means over ``log_every`` steps): ``prm_reward`` (mean score of the sampled responses,
 invalid ones counting INVALID_SCORE), ``valid_fraction``, ``kl_to_reference`` (``sampled_kl_estimate``: the mean of
-log pi - log pi_ref over the sampled responses, with log pi the sampling-time log-prob), ``pairs``, ``skipped_ties``
-and, on steps that update, ``loss``, ``dpo_margin``, ``dpo_accuracy``, ``chosen_reward``, ``rejected_reward``,
+log pi - log pi_ref over the sampled responses, with log pi the sampling-time log-prob), ``pairs``, ``skipped_ties``,
+``pair_fraction`` (the share of the step's states that gave a pair; also in the summary, over all steps) and, on
+steps that update, ``loss``, ``dpo_margin``, ``dpo_accuracy``, ``chosen_reward``, ``rejected_reward``,
 ``grad_norm`` and ``logprob_mismatch`` (max |recomputed log pi - sampling log pi| over the pair responses: ~1e-5 in
 fp32; large values mean the loss and the sampler disagree about the tokens).
 
@@ -92,6 +93,11 @@ class DPOConfig:
     temperature: float = field(default=0.7, metadata={"help": "sampling temperature for the pairs (paper 0.7)"})
     mode: Literal["admissible", "free"] = field(default="admissible", metadata={
         "help": "admissible: sample among the admissible actions; free: generate text and parse it"})
+    distinct: bool = field(default=False, metadata={"help": "admissible mode: the K samples of a state are "
+                                                            "distinct actions (drawn without replacement), so any "
+                                                            "state with two admissible actions gives two"})
+    min_gap: float = field(default=0.0, metadata={"help": "a pair needs its PRM scores at least this far apart "
+                                                          "(0 = any difference)"})
     max_new_tokens: int = field(default=64, metadata={"help": "free mode: response length limit; a response "
                                                               "without EOS by then is invalid (paper 64)"})
     pairs_per_forward: int = field(default=0, metadata={"help": "pairs per forward/backward pass, gradients "
@@ -120,8 +126,10 @@ class DPOConfig:
             raise ValueError(f"beta and lr must be > 0, got beta={self.beta}, lr={self.lr}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0 (0 would sample K identical responses), got {self.temperature}")
-        if self.pairs_per_forward < 0 or self.max_grad_norm < 0:
-            raise ValueError("pairs_per_forward and max_grad_norm must be >= 0")
+        if self.pairs_per_forward < 0 or self.max_grad_norm < 0 or self.min_gap < 0:
+            raise ValueError("pairs_per_forward, max_grad_norm and min_gap must be >= 0")
+        if self.distinct and self.mode != "admissible":
+            raise ValueError("distinct: true draws among the admissible actions: it needs mode: admissible")
         if self.mode not in ("admissible", "free"):
             raise ValueError(f"mode must be 'admissible' or 'free', got {self.mode!r}")
 
@@ -146,7 +154,8 @@ def sample_responses(policy: Policy, states: Sequence[PromptState], prompts: lis
     if config.mode == "admissible":
         candidates = [[format_response(a, "", prompt_config) for a in candidate_actions(s.admissible_actions)]
                       for s in states]
-        return policy.sample_admissible(prompts, candidates, n=k, temperature=temperature, seed=seed)
+        return policy.sample_admissible(prompts, candidates, n=k, temperature=temperature, seed=seed,
+                                        replacement=not config.distinct)
     return policy.generate(prompts, n=k, temperature=temperature, max_new_tokens=config.max_new_tokens, seed=seed)
 
 
@@ -253,7 +262,7 @@ def _one_step(step, policy, reference, prm, states, config, prompt_config, optim
     sample_seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
     samples = sample_responses(policy, batch, prompts, config, prompt_config, sample_seed)
     scored = score_samples(prm, batch, prompts, samples, prompt_config.template)
-    pairs = select_dpo_pairs(scored)
+    pairs = select_dpo_pairs(scored, config.min_gap)
 
     prompt_ids = encode_prompts(policy.tokenizer, prompts)
     rows = [(prompt_ids[i], r.token_ids) for i, row in enumerate(scored) for r in row]
@@ -266,7 +275,8 @@ def _one_step(step, policy, reference, prm, states, config, prompt_config, optim
     values = {"prm_reward": sum(r.score for r in flat) / len(flat),
               "valid_fraction": sum(r.valid for r in flat) / len(flat),
               "kl_to_reference": sampled_kl_estimate([r.logprob for r in flat], flat_ref),
-              "pairs": float(len(pairs)), "skipped_ties": float(len(batch) - len(pairs))}
+              "pairs": float(len(pairs)), "skipped_ties": float(len(batch) - len(pairs)),
+              "pair_fraction": len(pairs) / len(batch)}
     if pairs:
         values |= _dpo_update(train_model, optimizer, accelerator, pairs, prompt_ids, ref_logps, config,
                               policy.pad_id)
@@ -320,7 +330,9 @@ def online_dpo_loop(config: DPOConfig, policy: Policy, reference: Policy, prm: R
             watch.read(step)
     bar.close()
     policy.model = accelerator.unwrap_model(policy.model)
-    summary = {"steps": config.steps, **totals, "seconds": time.perf_counter() - start, "final": last}
+    pair_fraction = totals["pairs"] / (config.steps * config.states_per_step)
+    summary = {"steps": config.steps, **totals, "pair_fraction": pair_fraction,
+               "seconds": time.perf_counter() - start, "final": last}
     if watch:
         summary["monitor"] = watch.finish()
     return summary

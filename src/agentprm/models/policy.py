@@ -519,13 +519,15 @@ class Policy:
         temperature: float = 1.0,
         seed: int | None = None,
         batch_size: int = 64,
+        replacement: bool = True,
     ) -> list[list[Sample]]:
         """Sample ``n`` actions per prompt from its admissible ``candidates``.
 
         Each candidate is scored as a response (tokens + EOS) with :meth:`score_candidates`; then
         indices are drawn with replacement with probability ``softmax(logprob / temperature)``
-        (argmax, first on ties, when temperature == 0).  ``Sample.logprob`` is the candidate's
-        unconstrained model log-prob, ``finished`` is True.
+        (argmax, first on ties, when temperature == 0).  ``replacement=False`` draws min(n, candidates)
+        DISTINCT ones from the same distribution without replacement (Gumbel top-k; the most likely ones at
+        temperature 0).  ``Sample.logprob`` is the candidate's unconstrained model log-prob, ``finished`` is True.
         """
         _check_sampling(temperature)
         if n < 1:
@@ -535,7 +537,9 @@ class Policy:
         gen = _make_generator(seed, torch.device("cpu"))
         out: list[list[Sample]] = []
         for texts, ids, lps in zip(candidates, cand_ids, scores):
-            picks = _sample_indices(torch.tensor(lps, dtype=torch.float64), n, temperature, gen)
+            logprobs = torch.tensor(lps, dtype=torch.float64)
+            picks = _sample_indices(logprobs, n, temperature, gen) if replacement else \
+                _sample_distinct(logprobs, n, temperature, gen)
             out.append([Sample(text=texts[i], token_ids=list(ids[i]), logprob=lps[i], finished=True) for i in picks])
         return out
 
@@ -546,3 +550,16 @@ def _sample_indices(logprobs: Tensor, n: int, temperature: float, gen: torch.Gen
         return [int(logprobs.argmax())] * n
     probs = (logprobs / temperature).softmax(-1)
     return torch.multinomial(probs, n, replacement=True, generator=gen).tolist()
+
+
+def _sample_distinct(logprobs: Tensor, n: int, temperature: float, gen: torch.Generator | None) -> list[int]:
+    """min(n, len) distinct indices drawn from softmax(logprobs / temperature) without replacement, in draw order:
+    the top of logprobs / T + Gumbel noise (Gumbel top-k); the most likely ones (first on ties) at T == 0."""
+    k = min(n, logprobs.numel())
+    if temperature == 0:
+        keys = logprobs
+    else:
+        uniform = torch.rand(logprobs.shape, generator=gen, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+        keys = logprobs / temperature - torch.log(-torch.log(uniform))
+    order = sorted(range(keys.numel()), key=lambda i: (-float(keys[i]), i))
+    return order[:k]
