@@ -414,3 +414,18 @@ def test_valid_config_values():
         PromptConfig(history_window=window)
     for mode in ("auto", "never", "always"):
         PromptConfig(use_chat_template=mode)
+
+
+def test_step_budget_shows_the_steps_left_in_every_template():
+    state = PromptState("put a mug in the cabinet.", "You see a mug.", ["look"],
+                        [("obs 1", "look"), ("obs 2", "inventory"), ("obs 3", "look")])
+    for template in ("action_only", "reason_action"):
+        shown = render_prompt(state, PromptConfig(template=template, step_budget=30, history_window=1,
+                                                  use_chat_template="never"))
+        assert "Steps left: 27" in shown  # the whole history counts, not the window shown
+        plain = render_prompt(state, PromptConfig(template=template, use_chat_template="never"))
+        assert "Steps left" not in plain
+    late = PromptState("t", "o", ["look"], [("o", "look")] * 40)
+    assert "Steps left: 0" in render_prompt(late, PromptConfig(step_budget=30, use_chat_template="never"))
+    with pytest.raises(ValueError, match="step_budget"):
+        PromptConfig(step_budget=-1)

@@ -40,3 +40,9 @@ def test_kl_step_config_is_checked_before_any_work():
         load_config(RunConfig, {"policy_step": "kl", "kl": {"q_source": "mc"}, "algorithm": "inverse_prm"}).validate()
     with pytest.raises((ValueError, ConfigError), match="beta"):
         load_config(RunConfig, {"policy_step": "kl", "kl": {"beta": 0}}).validate()
+
+
+def test_the_step_budget_must_be_the_evaluation_budget():
+    with pytest.raises((ValueError, ConfigError), match="step_budget"):
+        load_config(RunConfig, {"prompt": {"step_budget": 20}, "eval": {"max_steps": 30}}).validate()
+    load_config(RunConfig, {"prompt": {"step_budget": 30}, "eval": {"max_steps": 30}}).validate()

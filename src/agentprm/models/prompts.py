@@ -126,6 +126,9 @@ class PromptConfig:
     "auto" wraps the prompt with the tokenizer's chat template when it has one, "never" ignores it, "always"
     requires it. ``strip_filler``: remove ``FILLER_TEXTS`` from observations. ``hint``: when set, a line
     ``Hint: <hint>`` before the answer line (steered exploration samples with it; training never sees it).
+    ``step_budget``: when > 0, a line ``Steps left: <budget - steps taken>`` after the observation (the steps taken
+    are the state's whole history, shown or not); set it to the episodes' step budget (``eval.max_steps``) so that
+    every stage renders the same number for the same state.
     """
 
     template: TemplateName = "action_only"
@@ -136,6 +139,7 @@ class PromptConfig:
     use_chat_template: ChatMode = "auto"
     strip_filler: bool = True
     hint: str = ""
+    step_budget: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.hint, str):
@@ -143,6 +147,7 @@ class PromptConfig:
         _check_choice("template", self.template, TEMPLATES)
         _check_int("history_window", self.history_window, minimum=-1)
         _check_int("history_obs_words", self.history_obs_words, minimum=0)
+        _check_int("step_budget", self.step_budget, minimum=0)
         for name in ("sort_actions", "show_actions", "strip_filler"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"PromptConfig.{name} must be a bool, got {getattr(self, name)!r}")
@@ -228,6 +233,7 @@ def template_variables(state: PromptState, config: PromptConfig) -> dict[str, An
         "show_actions": config.show_actions,
         "actions": prepare_actions(state.admissible_actions, config.sort_actions),
         "hint": one_line(config.hint),
+        "steps_left": max(config.step_budget - len(state.history), 0) if config.step_budget else None,
     }
 
 

@@ -251,6 +251,9 @@ class RunConfig:
         if self.prm.kind == "implicit" and (self.algorithm != "agentprm" or self.targets.shaping):
             raise ValueError("prm.kind: implicit is trained on the rollouts' outcomes: it needs algorithm: agentprm "
                              "and targets.shaping: false")
+        if self.prompt.step_budget and self.prompt.step_budget != self.eval.max_steps:
+            raise ValueError(f"prompt.step_budget ({self.prompt.step_budget}) must be 0 or eval.max_steps "
+                             f"({self.eval.max_steps}): the steps-left line must tell the evaluation's truth")
         if self.policy_step == "kl":
             if self.policy.mode != "admissible":
                 raise ValueError("policy_step: kl needs policy.mode: admissible (pi* is a distribution over the "
