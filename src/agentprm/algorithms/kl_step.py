@@ -48,6 +48,7 @@ import torch
 from torch import Tensor
 
 from agentprm.algorithms.dpo import sequence_logprobs_with_grad
+from agentprm.config import above, at_least
 from agentprm.metrics import MetricsLogger
 from agentprm.models.policy import Policy, encode_prompts, encode_responses
 from agentprm.models.prompts import PromptConfig, PromptState, candidate_actions, format_response, render_prompt
@@ -62,21 +63,21 @@ class ResponseScorer(Protocol):
 
 @dataclass
 class KLStepConfig:
-    beta: float = field(default=0.1, metadata={"help": "KL strength: pi* = pi_prev exp(Q / beta) / Z; small beta "
+    beta: float = field(default=0.1, metadata={"range": above(0), "help": "KL strength: pi* = pi_prev exp(Q / beta) / Z; small beta "
                                                        "follows Q, large beta stays at pi_{i-1}"})
-    lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
-    steps: int = field(default=150, metadata={"help": "optimiser steps"})
-    states_per_step: int = field(default=16, metadata={"help": "states per optimiser step (every admissible "
+    lr: float = field(default=1e-4, metadata={"range": above(0), "help": "AdamW learning rate"})
+    steps: int = field(default=150, metadata={"range": at_least(1), "help": "optimiser steps"})
+    states_per_step: int = field(default=16, metadata={"range": at_least(1), "help": "states per optimiser step (every admissible "
                                                                "action of each is scored and trained)"})
-    rows_per_forward: int = field(default=256, metadata={"help": "(state, action) rows per forward/backward pass; "
+    rows_per_forward: int = field(default=256, metadata={"range": at_least(1), "help": "(state, action) rows per forward/backward pass; "
                                                                  "gradients accumulate over the step"})
     q_source: Literal["prm", "mc"] = field(default="prm", metadata={
         "help": "prm: Q from the iteration's PRM for every admissible action; mc: the rollouts' Monte Carlo "
                 "estimates, only where a state has two or more estimated actions (the no-PRM control)"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
-    seed: int = field(default=0, metadata={"help": "seeds the state draws"})
+    max_grad_norm: float = field(default=1.0, metadata={"range": at_least(0), "help": "gradient clipping (0 = off)"})
+    seed: int = field(default=0, metadata={"range": at_least(0), "help": "seeds the state draws"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
-    log_every: int = field(default=10, metadata={"help": "log the means of the metrics every N steps"})
+    log_every: int = field(default=10, metadata={"range": at_least(1), "help": "log the means of the metrics every N steps"})
 
     def validate(self) -> None:
         if not self.beta > 0 or not self.lr > 0:

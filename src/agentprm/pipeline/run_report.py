@@ -12,6 +12,17 @@ from pathlib import Path
 from agentprm.pipeline.report import plot_calibration, plot_reward_hacking, write_report, write_summary
 from agentprm.pipeline.stages import stage_seconds
 
+def _check_metric_line(source: Path, number: int, line: str) -> None:
+    from agentprm.errors import damaged
+
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict) or not {"stage", "name", "step", "value"} <= set(value):
+        raise damaged(source, f"line {number} is not a metric record (torn or edited by hand)")
+
+
 STAGE_ORDER = ("games", "demos", "model_init", "policy", "eval", "rollouts", "targets", "prm")
 
 
@@ -41,7 +52,10 @@ def compile_metrics(run_dir: Path) -> int:
             sources += sorted((folder / stage).glob("**/metrics.jsonl"))
     lines = []
     for source in sources:
-        lines += [line for line in source.read_text().splitlines() if line.strip()]
+        for number, line in enumerate(source.read_text().splitlines(), 1):
+            if line.strip():
+                _check_metric_line(source, number, line)
+                lines.append(line)
     (run_dir / "metrics.jsonl").write_text("\n".join(lines) + ("\n" if lines else ""))
     return len(lines)
 
