@@ -12,4 +12,5 @@ def test_redo_hint_names_the_stage_command():
     assert redo_hint("/r/iter_0/policy/model") == "delete /r/iter_0/policy and rerun `agentprm run` on /r to rebuild it"
     assert redo_hint("/r/demos/demos.jsonl") == "delete /r/demos and rerun `agentprm run` on /r to rebuild it"
     assert redo_hint("x.parquet") == "rebuild or restore it"
-    assert str(damaged("/r/iter_1/rollouts/shard_000.jsonl", "torn")).startswith("/r/iter_1/rollouts/shard_000.jsonl: torn; ")
+    message = str(damaged("/r/iter_1/rollouts/shard_000.jsonl", "torn"))
+    assert message.startswith("/r/iter_1/rollouts/shard_000.jsonl: torn; ")

@@ -35,7 +35,8 @@ __all__ = ["TrajectoryDPOConfig", "trajectory_pairs", "train_trajectory_dpo"]
 @dataclass
 class TrajectoryDPOConfig:
     steps: int = field(default=100, metadata={"range": at_least(1), "help": "optimiser steps"})
-    pairs_per_step: int = field(default=4, metadata={"range": at_least(1), "help": "(won, failed) trajectory pairs per step"})
+    pairs_per_step: int = field(default=4, metadata={
+        "range": at_least(1), "help": "(won, failed) trajectory pairs per step"})
     lr: float = field(default=1e-4, metadata={"range": above(0), "help": "AdamW learning rate"})
     beta: float = field(default=0.1, metadata={"range": above(0), "help": "DPO temperature"})
     max_grad_norm: float = field(default=1.0, metadata={"range": at_least(0), "help": "gradient clipping (0 = off)"})

@@ -62,7 +62,8 @@ class AgentSpec:
     policy: str = field(default="", metadata={"help": "policy checkpoint folder, or pi_<i> of `run` (policy, bon)"})
     prm: str = field(default="", metadata={"help": "PRM checkpoint folder, or Q_<j> of `run` (bon)"})
     prm_name: str = field(default="", metadata={"help": "the row's PRM name (default: Q_<j> or the folder)"})
-    n: list[int] = field(default_factory=lambda: [16], metadata={"range": at_least(1), "help": "Best-of-N sizes, one row each (bon)"})
+    n: list[int] = field(default_factory=lambda: [16], metadata={
+        "range": at_least(1), "help": "Best-of-N sizes, one row each (bon)"})
     temperature: float | None = field(default=None, metadata={"range": at_least(0), 
         "help": "sampling temperature (default: 0.3 for policy and api, 1.0 for Best-of-N candidates)"})
     mode: Literal["admissible", "free"] = field(default="admissible", metadata={
@@ -90,7 +91,8 @@ class EvalConfig:
         "help": "prompt of checkpoint agents when there is no `run` (default: action_only)"})
     agents: list[AgentSpec] = field(default_factory=list, metadata={"help": "the agents to compare"})
     record_prompts: bool = field(default=True, metadata={"help": "keep every step's prompt in the episode records"})
-    calibration_bins: int = field(default=10, metadata={"range": at_least(1), "help": "bins of the PRM calibration plot"})
+    calibration_bins: int = field(default=10, metadata={
+        "range": at_least(1), "help": "bins of the PRM calibration plot"})
     num_envs: int = field(default=16, metadata={"range": at_least(1), "help": "episodes played at once"})
     workers: int | WorkerSettings = field(default=0, metadata={"range": at_least(0), 
         "help": "environment workers: a count of local processes (0 = in-process), or {count, backend: local | ray}"})

@@ -29,15 +29,19 @@ class GamesSettings:
     env: Literal["alfworld", "twx"] = field(default="alfworld", metadata={"help": "environment backend"})
     root: str = field(default="", metadata={"help": "existing ALFWorld game folder or official data (ALFWORLD_DATA "
                                                     "layout); empty: generate games into RUN/games"})
-    seed: int = field(default=0, metadata={"range": at_least(0), "help": "game generation seed (ALFWorld) / first seed (TextWorldExpress)"})
+    seed: int = field(default=0, metadata={
+        "range": at_least(0), "help": "game generation seed (ALFWorld) / first seed (TextWorldExpress)"})
     train: int = field(default=60, metadata={"range": at_least(0), "help": "training games (rollouts, demonstrations)"})
     seen: int = field(default=0, metadata={"range": at_least(0), "help": "valid_seen games to generate"})
-    unseen: int = field(default=30, metadata={"range": at_least(0), "help": "valid_unseen games to generate (held-out floor plans)"})
-    max_receptacles: int = field(default=6, metadata={"range": at_least(1), "help": "receptacles per generated room (0 = whole plan)"})
+    unseen: int = field(default=30, metadata={
+        "range": at_least(0), "help": "valid_unseen games to generate (held-out floor plans)"})
+    max_receptacles: int = field(default=6, metadata={
+        "range": at_least(1), "help": "receptacles per generated room (0 = whole plan)"})
     task_types: list[TaskType] = field(default_factory=list, metadata={"help": "ALFWorld task types (empty = all "
                                                                                "six)"})
     eval_split: Split = field(default="unseen", metadata={"help": "split of the fixed evaluation games"})
-    eval_games: int = field(default=0, metadata={"range": at_least(0), "help": "evaluate on the first N games of eval_split (0 = all)"})
+    eval_games: int = field(default=0, metadata={
+        "range": at_least(0), "help": "evaluate on the first N games of eval_split (0 = all)"})
     twx_game: str = field(default="twc", metadata={"help": "TextWorldExpress game"})
     twx_params: str = field(default="", metadata={"help": "TextWorldExpress game parameters"})
 
@@ -56,7 +60,8 @@ class ModelSettings:
 @dataclass
 class DemoSettings:
     expert: Literal["handcoded", "planner"] = field(default="handcoded", metadata={"help": "ALFWorld expert"})
-    count: int = field(default=0, metadata={"range": at_least(0), "help": "demonstrations from the first N training games (0 = all)"})
+    count: int = field(default=0, metadata={
+        "range": at_least(0), "help": "demonstrations from the first N training games (0 = all)"})
     max_steps: int = field(default=50, metadata={"range": at_least(1), "help": "expert step budget"})
 
 
@@ -76,11 +81,14 @@ class PolicySettings:
 
 @dataclass
 class RolloutSettings:
-    episodes_per_game: int = field(default=4, metadata={"range": at_least(1), "help": "rollouts of pi_{i-1} per training game (paper: 16)"})
-    temperature: float = field(default=0.3, metadata={"range": at_least(0), "help": "sampling temperature of rollouts (paper: 0.3)"})
+    episodes_per_game: int = field(default=4, metadata={
+        "range": at_least(1), "help": "rollouts of pi_{i-1} per training game (paper: 16)"})
+    temperature: float = field(default=0.3, metadata={
+        "range": at_least(0), "help": "sampling temperature of rollouts (paper: 0.3)"})
     max_steps: int = field(default=30, metadata={"range": at_least(1), "help": "actions per episode"})
-    games: int = field(default=0, metadata={"range": at_least(0), "help": "training games played per iteration (0 = all); iteration i "
-                                                    "takes the i-th window of this many, wrapping around"})
+    games: int = field(default=0, metadata={
+        "range": at_least(0), "help": "training games played per iteration (0 = all); iteration i takes the i-th "
+                                      "window of this many, wrapping around"})
     steer_fraction: float = field(default=0.0, metadata={"range": between(0, 1), 
         "help": "steered exploration: probability that a rollout step samples with `hint` in the prompt (training "
                 "always uses the nominal prompt; 0 = off; reference code: 0.5)"})
@@ -93,15 +101,18 @@ class RolloutSettings:
         "help": "branching rollouts: branch points per base episode, where branch_actions distinct actions "
                 "(drawn from pi without replacement) are each followed by branch_continuations continuations "
                 "replayed in the engine (0 = off)"})
-    branch_actions: int = field(default=3, metadata={"range": at_least(2), "help": "branching rollouts: distinct actions per branch point"})
+    branch_actions: int = field(default=3, metadata={
+        "range": at_least(2), "help": "branching rollouts: distinct actions per branch point"})
     branch_continuations: int = field(default=2, metadata={"range": at_least(1), 
         "help": "branching rollouts: continuations of pi per branch action"})
 
 
 @dataclass
 class TargetSettings:
-    gamma: float = field(default=0.95, metadata={"range": between(0, 1, low_open=True), "help": "discount of the Monte Carlo targets (paper: 0.95)"})
-    val_fraction: float = field(default=0.1, metadata={"range": between(0, 1, high_open=True), "help": "fraction of games held out to validate the PRM"})
+    gamma: float = field(default=0.95, metadata={
+        "range": between(0, 1, low_open=True), "help": "discount of the Monte Carlo targets (paper: 0.95)"})
+    val_fraction: float = field(default=0.1, metadata={
+        "range": between(0, 1, high_open=True), "help": "fraction of games held out to validate the PRM"})
     shaping: bool = field(default=False, metadata={
         "help": "process reward shaping: Q_hat + gamma V(s') - V(s) with V the value model of pi_0 (learned from "
                 "iteration 1's rollouts), mapped affinely to [0, 1]"})
@@ -121,8 +132,9 @@ class InverseSettings:
 
 @dataclass
 class RFTSettings:
-    max_steps: int = field(default=300, metadata={"range": at_least(1), "help": "rejection-sampling fine-tuning: SFT steps on the won "
-                                                          "rollouts, starting from pi_{i-1}"})
+    max_steps: int = field(default=300, metadata={
+        "range": at_least(1), "help": "rejection-sampling fine-tuning: SFT steps on the won rollouts, starting from "
+                                      "pi_{i-1}"})
     lr: float = field(default=3e-4, metadata={"range": above(0), "help": "RFT peak learning rate"})
     batch_size: int = field(default=16, metadata={"range": at_least(1), "help": "RFT examples per step"})
     warmup_steps: int = field(default=10, metadata={"range": at_least(0), "help": "RFT warm-up steps"})
@@ -130,11 +142,13 @@ class RFTSettings:
 
 @dataclass
 class EvalSettings:
-    max_steps: int = field(default=30, metadata={"range": at_least(1), "help": "actions per evaluation episode (paper: 30)"})
-    temperature: float = field(default=0.3, metadata={"range": at_least(0), "help": "policy temperature at evaluation (paper: 0.3)"})
+    max_steps: int = field(default=30, metadata={
+        "range": at_least(1), "help": "actions per evaluation episode (paper: 30)"})
+    temperature: float = field(default=0.3, metadata={
+        "range": at_least(0), "help": "policy temperature at evaluation (paper: 0.3)"})
     bon_n: int = field(default=16, metadata={"range": at_least(1), "help": "N of the Best-of-N rows (paper: 16)"})
-    bon_curve: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32],
-                                 metadata={"range": at_least(1), "help": "N values of the final Best-of-N scaling curve"})
+    bon_curve: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32], metadata={
+        "range": at_least(1), "help": "N values of the final Best-of-N scaling curve"})
     bon_temperature: float | None = field(default=None, metadata={"range": at_least(0), 
         "help": "sampling temperature of Best-of-N candidates (default: eval.temperature, so that BoN(N=1) is the "
                 "policy row; the reference samples at the generator's 1.0)"})
@@ -149,17 +163,19 @@ class EvalSettings:
 @dataclass
 class MonitorSettings:
     split: Split = field(default="seen", metadata={"help": "split of the monitor's validation games (never the "
-                                                         "evaluation split); used when dpo.monitor_every > 0"})
-    games: int = field(default=0, metadata={"range": at_least(0), "help": "validation games played at each reading (first N of the "
-                                                    "split; 0 = all)"})
-    states: int = field(default=128, metadata={"range": at_least(0), "help": "held-out states (the PRM's validation games) whose mean "
-                                                       "PRM score is read"})
+                                                         "evaluation split); used when the policy step's "
+                                                         "monitor_every > 0"})
+    games: int = field(default=0, metadata={
+        "range": at_least(0), "help": "validation games played at each reading (first N of the split; 0 = all)"})
+    states: int = field(default=128, metadata={
+        "range": at_least(0), "help": "held-out states (the PRM's validation games) whose mean PRM score is read"})
 
 
 @dataclass
 class WorkerSettings:
-    count: int = field(default=0, metadata={"range": at_least(0), "help": "local: environment worker processes (0 = in-process); ray: "
-                                                    "environment actors (0 = 2)"})
+    count: int = field(default=0, metadata={
+        "range": at_least(0), "help": "local: environment worker processes (0 = in-process); ray: environment actors "
+                                      "(0 = 2)"})
     backend: Literal["local", "ray"] = field(default="local", metadata={
         "help": "local: this machine's processes; ray: Ray actors (rollouts and evaluation), the policy batched "
                 "in the driver"})
@@ -211,14 +227,20 @@ class RunConfig:
     kl: KLStepConfig = field(default_factory=KLStepConfig, metadata={"help": "stage 3: the exact KL step "
                                                                             "(policy_step: kl)"})
     monitor: MonitorSettings = field(default_factory=MonitorSettings, metadata={
-        "help": "reward-hacking monitor of online DPO (on when dpo.monitor_every > 0)"})
+        "help": "reward-hacking monitor of the policy step (on when dpo.monitor_every or kl.monitor_every > 0)"})
     eval: EvalSettings = field(default_factory=EvalSettings, metadata={"help": "evaluation protocol"})
-    num_envs: int = field(default=16, metadata={"range": at_least(1), "help": "games played at once (batch of the policy)"})
+    num_envs: int = field(default=16, metadata={
+        "range": at_least(1), "help": "games played at once (batch of the policy)"})
     workers: int | WorkerSettings = field(default=0, metadata={"range": at_least(0), 
         "help": "environment workers: a count of local processes (0 = in-process), or {count, backend: local | ray}"})
     ray: RaySettings = field(default_factory=RaySettings, metadata={"help": "the Ray cluster (workers.backend: ray)"})
-    seed: int = field(default=0, metadata={"range": at_least(0), "help": "seed of every stage (each stage derives its own)"})
+    seed: int = field(default=0, metadata={
+        "range": at_least(0), "help": "seed of every stage (each stage derives its own)"})
     progress: bool = field(default=True, metadata={"help": "progress bars"})
+
+    def monitor_every(self) -> int:
+        """The policy step's monitor period (``dpo.monitor_every`` or ``kl.monitor_every``; 0 = off)."""
+        return self.kl.monitor_every if self.policy_step == "kl" else self.dpo.monitor_every
 
     def pool(self) -> PoolSpec:
         """Where the stages' environments run (``workers`` and ``ray``)."""
@@ -272,7 +294,7 @@ class RunConfig:
             raise ValueError("policy.server_url needs policy.mode: free (servers do not score admissible actions)")
         if self.model.source == "path" and not self.model.path:
             raise ValueError("model.path is required when model.source is 'path'")
-        if self.dpo.monitor_every > 0:
+        if self.monitor_every() > 0:
             if self.monitor.split == self.games.eval_split:
                 raise ValueError(f"monitor.split must not be the evaluation split ({self.games.eval_split!r}): "
                                  "checkpoints are selected on it")
@@ -280,7 +302,8 @@ class RunConfig:
                 raise ValueError(f"monitor.split must be train, seen or unseen, got {self.monitor.split!r}")
             generated = {"train": self.games.train, "seen": self.games.seen, "unseen": self.games.unseen}
             if not self.games.root and generated[self.monitor.split] < 1:
-                raise ValueError(f"dpo.monitor_every > 0 needs games for monitor.split={self.monitor.split!r}: "
+                raise ValueError(f"{self.policy_step}.monitor_every > 0 needs games for "
+                                 f"monitor.split={self.monitor.split!r}: "
                                  f"set games.{self.monitor.split} > 0")
         if self.monitor.games < 0 or self.monitor.states < 0:
             raise ValueError("monitor.games and monitor.states must be >= 0")

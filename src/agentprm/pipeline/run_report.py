@@ -106,7 +106,7 @@ def _training_notes(run_dir: Path) -> str:
         if kl:
             shown = {k: v for k, v in {**kl, **kl.get("final", {})}.items() if isinstance(v, (int, float))}
             notes.append(f"- pi_{i} KL step: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(shown.items())))
-        monitor = dpo.get("monitor") if dpo else None
+        monitor = (dpo or kl or {}).get("monitor")
         if monitor and monitor.get("readings"):
             readings = ", ".join(f"{r['step']}: {r['prm_score']:.3f}/{r['success']:.0%}" for r in monitor["readings"])
             notes.append(f"- pi_{i} monitor (step: validation PRM score/success): {readings}; kept the "
@@ -120,7 +120,8 @@ def _plot_monitor(run_dir: Path, iterations: list[Path]) -> None:
     """``plots/reward_hacking.png`` from the monitor readings of every iteration's online DPO, if any."""
     readings, selected = {}, {}
     for iteration in iterations:
-        monitor = _read(iteration / "policy" / "dpo_summary.json").get("monitor")
+        monitor = (_read(iteration / "policy" / "dpo_summary.json")
+                   or _read(iteration / "policy" / "kl_summary.json")).get("monitor")
         if monitor and monitor.get("readings"):
             label = f"pi_{iteration.name.split('_')[1]}"
             readings[label] = monitor["readings"]
