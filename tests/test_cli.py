@@ -122,7 +122,7 @@ def test_init_model_then_sft_then_resume_message(alfworld_demos, tmp_path):
     config.write_text(f"data: {alfworld_demos}\nmodel: {model}\nout: {tmp_path / 'sft2'}\nmax_steps: 2\n"
                       "progress: false\n")
     assert "SFT finished at step 2" in agentprm("sft", config, "batch_size=4").stdout
-    assert "lr (float, default 0.003)" in agentprm("sft", "--describe").stdout
+    assert "lr (float, > 0, default 0.003)" in agentprm("sft", "--describe").stdout
 
 
 def test_sft_errors_name_the_problem(alfworld_demos, tmp_path):

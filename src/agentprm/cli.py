@@ -454,12 +454,13 @@ def main(argv: list[str] | None = None) -> int:
     from agentprm.data.jsonl import CorruptFileError
     from agentprm.data.records import RecordError
     from agentprm.models.api_client import EndpointError
+    from agentprm.errors import DamagedFileError
     from agentprm.pipeline.stages import IncompatibleRunError
 
     try:
         return args.func(args)
     except (EnvError, CorruptFileError, RecordError, ConfigError, SFTError, SummaryError, FileNotFoundError,
-            FileExistsError, EndpointError, IncompatibleRunError) as error:
+            FileExistsError, EndpointError, IncompatibleRunError, DamagedFileError) as error:
         print(f"agentprm {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -7,6 +7,12 @@ for an hour with a default.
 
 Supported field types: ``int``, ``float`` (ints accepted), ``str``, ``bool``, ``Literal[...]``, ``X | None``,
 ``list[X]``, ``dict[str, X]`` and nested dataclasses.
+
+Every numeric field declares its valid range beside its help text, ``metadata={"help": ..., "range": at_least(1)}``
+(:class:`Range`: :func:`at_least`, :func:`above`, :func:`between`); loading checks it (each item of a list; ``None``
+of an optional field passes) and fails with the dotted key, the value found and what is allowed
+(``rollouts.temperature: got -1.0, allowed >= 0``). ``describe`` lists the ranges. Rules that tie several fields
+together stay in each class's ``validate()``, also run at load time.
 """
 
 from __future__ import annotations
@@ -30,11 +36,83 @@ class ConfigError(ValueError):
     """An invalid configuration; the message names the key."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The allowed values of a numeric field: ``low`` <= x (< with ``low_open``), x <= ``high`` (< with
+    ``high_open``); ``None`` is unbounded on that side."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: Any) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+            return False
+        return True
+
+    def __str__(self) -> str:
+        def num(x: float) -> str:
+            return f"{x:g}"
+
+        if self.low is not None and self.high is not None:
+            return (f"in {'(' if self.low_open else '['}{num(self.low)}, {num(self.high)}"
+                    f"{')' if self.high_open else ']'}")
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {num(self.low)}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '<='} {num(self.high)}"
+        return "any number"
+
+    def outside(self) -> list[float]:
+        """Values just outside the range (for tests that walk every field)."""
+        values = []
+        if self.low is not None:
+            values.append(self.low if self.low_open else self.low - 1)
+        if self.high is not None:
+            values.append(self.high if self.high_open else self.high + 1)
+        return values
+
+
+def at_least(low: float) -> Range:
+    return Range(low=low)
+
+
+def above(low: float) -> Range:
+    return Range(low=low, low_open=True)
+
+
+def between(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Range:
+    return Range(low, high, low_open, high_open)
+
+
+ANY_NUMBER = Range()
+
+
+def _check_range(value: Any, allowed: Range, key: str) -> None:
+    if value is None or isinstance(value, bool) or dataclasses.is_dataclass(value):
+        return
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_range(item, allowed, f"{key}[{i}]")
+        return
+    if isinstance(value, (int, float)) and value not in allowed:
+        raise ConfigError(f"{key}: got {value!r}, allowed {allowed}")
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is typing.Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     return getattr(tp, "__name__", str(tp))
+
+
+def _kind_name(tp: Any) -> str:
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping ({tp.__name__})"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, _type_name(tp))
 
 
 def _convert(value: Any, tp: Any, key: str) -> Any:
@@ -50,7 +128,15 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 return _convert(value, arg, key)
             except ConfigError as error:
                 errors.append(str(error))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {args}")
+        if len(errors) == 1:
+            raise ConfigError(errors[0])
+        # the value had the right kind for one alternative and failed inside it (a mapping for a dataclass): that
+        # alternative's error names the deeper key; else none of the kinds fit
+        deeper = [e for e in errors if not e.startswith(f"{key}: expected")]
+        if deeper:
+            raise ConfigError(deeper[0])
+        kinds = " or ".join(_kind_name(a) for a in args if a is not type(None))
+        raise ConfigError(f"{key}: expected {kinds}, got {value!r}")
     if origin is typing.Literal:
         if value not in args:
             raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
@@ -100,7 +186,11 @@ def _build(cls: type[T], data: Any, prefix: str = "") -> T:
         raise ConfigError(f"unknown key(s) {names}; valid keys{' of ' + prefix if prefix else ''}: {', '.join(fields)}")
     values = {}
     for name, value in data.items():
-        values[name] = _convert(value, hints[name], f"{prefix}.{name}" if prefix else name)
+        key = f"{prefix}.{name}" if prefix else name
+        values[name] = _convert(value, hints[name], key)
+        allowed = fields[name].metadata.get("range")
+        if allowed is not None:
+            _check_range(values[name], allowed, key)
     try:
         instance = cls(**values)
     except (TypeError, ValueError) as error:  # a required field is missing, or __post_init__ rejected a value
@@ -183,5 +273,8 @@ def describe(cls: type, prefix: str = "") -> str:
             continue
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
-        lines.append(f"{name} ({_type_name(hints[f.name])}, default {default!r}): {f.metadata.get('help', '')}")
+        allowed = f.metadata.get("range")
+        shown = f", {allowed}" if allowed is not None and allowed != ANY_NUMBER else ""
+        lines.append(f"{name} ({_type_name(hints[f.name])}{shown}, default {default!r}): "
+                     f"{f.metadata.get('help', '')}")
     return "\n".join(lines)

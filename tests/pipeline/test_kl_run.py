@@ -16,7 +16,7 @@ def kl_run(alfworld_root, tmp_path_factory):
     root, _ = alfworld_root
     config = tiny_config(root)
     config["policy_step"] = "kl"
-    config["kl"] = {"beta": 0.2, "lr": 1e-3, "steps": 3, "states_per_step": 4, "log_every": 1}
+    config["kl"] = {"beta": 0.2, "lr": 1e-3, "steps": 3, "states_per_step": 4, "log_every": 1, "monitor_every": 2}
     config["dpo"]["monitor_every"] = 0
     return finished_run(config, tmp_path_factory.mktemp("kl_config"))
 
@@ -31,6 +31,12 @@ def test_the_kl_step_trains_pi_1_against_the_prm(kl_run):
     rows = read_summary(kl_run / "summary.json")["rows"]
     assert {(r["agent"], r["kind"]) for r in rows} >= {("pi_1", "policy"), ("pi_1", "bon")}
     assert "KL step" in (kl_run / "report.md").read_text()
+    # the monitor read the 3 seen games at steps 0, 2 and 3 and kept the best reading's weights
+    monitor = summary["monitor"]
+    assert [r["step"] for r in monitor["readings"]] == [0, 2, 3] and monitor["kept"] == "best"
+    best = max(r["success"] for r in monitor["readings"])
+    assert monitor["selected_step"] == next(r["step"] for r in monitor["readings"] if r["success"] == best)
+    assert (kl_run / "plots/reward_hacking.png").exists()
 
 
 def test_kl_step_config_is_checked_before_any_work():

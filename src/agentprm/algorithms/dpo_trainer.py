@@ -7,8 +7,8 @@ One optimiser step (``config.steps`` of them):
    ``admissible`` mode samples among the admissible actions (``Policy.sample_admissible``), ``free`` mode
    generates up to ``max_new_tokens`` tokens (``Policy.generate``) and parses them (``parse_response``);
 3. score with the PRM (valid responses only; unparsable / non-admissible / unfinished get ``INVALID_SCORE``);
-4. ``select_dpo_pairs`` (best vs worst; ties and gaps under ``min_gap`` skipped), the reference log-probs of every sample (no grad), the
-   policy log-probs of the pairs (with grad), the sigmoid DPO loss, clip, AdamW step.
+4. ``select_dpo_pairs`` (best vs worst; ties and gaps under ``min_gap`` skipped), the reference log-probs of every
+   sample (no grad), the policy log-probs of the pairs (with grad), the sigmoid DPO loss, clip, AdamW step.
 
 Logged (stage ``dpo``, means over ``log_every`` steps): ``prm_reward`` (mean score of the sampled responses,
 invalid ones counting INVALID_SCORE), ``valid_fraction``, ``kl_to_reference`` (``sampled_kl_estimate``: the mean of
@@ -65,6 +65,7 @@ from agentprm.algorithms.dpo import (
     sequence_logprobs_with_grad,
 )
 from agentprm.algorithms.dpo_monitor import MonitorReading, RewardHackingMonitor
+from agentprm.config import above, at_least
 from agentprm.metrics import MetricsLogger
 from agentprm.models.parser import parse_response
 from agentprm.models.policy import Policy, Sample, encode_prompts
@@ -82,37 +83,45 @@ class ResponseScorer(Protocol):
 
 @dataclass
 class DPOConfig:
-    beta: float = field(default=0.03, metadata={"help": "DPO temperature: strength of the KL leash to pi_{i-1} "
-                                                        "(paper 0.03)"})
-    lr: float = field(default=8e-7, metadata={"help": "AdamW learning rate (paper 8e-7 for Llama-3.2-3B; tiny "
-                                                      "from-scratch models need ~1e-4)"})
-    steps: int = field(default=400, metadata={"help": "optimiser steps (paper 400); steps without a usable pair "
-                                                      "count but make no update"})
-    states_per_step: int = field(default=8, metadata={"help": "states (prompts) drawn per step"})
-    samples_per_state: int = field(default=2, metadata={"help": "K responses sampled per state (>= 2; paper 2)"})
-    temperature: float = field(default=0.7, metadata={"help": "sampling temperature for the pairs (paper 0.7)"})
+    beta: float = field(default=0.03, metadata={
+        "range": above(0), "help": "DPO temperature: strength of the KL leash to pi_{i-1} (paper 0.03)"})
+    lr: float = field(default=8e-7, metadata={
+        "range": above(0), "help": "AdamW learning rate (paper 8e-7 for Llama-3.2-3B; tiny from-scratch models need "
+                                   "~1e-4)"})
+    steps: int = field(default=400, metadata={
+        "range": at_least(1), "help": "optimiser steps (paper 400); steps without a usable pair count but make no "
+                                      "update"})
+    states_per_step: int = field(default=8, metadata={"range": at_least(1), "help": "states (prompts) drawn per step"})
+    samples_per_state: int = field(default=2, metadata={
+        "range": at_least(2), "help": "K responses sampled per state (>= 2; paper 2)"})
+    temperature: float = field(default=0.7, metadata={
+        "range": above(0), "help": "sampling temperature for the pairs (paper 0.7)"})
     mode: Literal["admissible", "free"] = field(default="admissible", metadata={
         "help": "admissible: sample among the admissible actions; free: generate text and parse it"})
     distinct: bool = field(default=False, metadata={"help": "admissible mode: the K samples of a state are "
                                                             "distinct actions (drawn without replacement), so any "
                                                             "state with two admissible actions gives two"})
-    min_gap: float = field(default=0.0, metadata={"help": "a pair needs its PRM scores at least this far apart "
-                                                          "(0 = any difference)"})
-    max_new_tokens: int = field(default=64, metadata={"help": "free mode: response length limit; a response "
-                                                              "without EOS by then is invalid (paper 64)"})
-    pairs_per_forward: int = field(default=0, metadata={"help": "pairs per forward/backward pass, gradients "
-                                                                "accumulated over the step (0 = all at once)"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
-    seed: int = field(default=0, metadata={"help": "seeds the state draws and the sampling"})
+    min_gap: float = field(default=0.0, metadata={
+        "range": at_least(0), "help": "a pair needs its PRM scores at least this far apart (0 = any difference)"})
+    max_new_tokens: int = field(default=64, metadata={
+        "range": at_least(1), "help": "free mode: response length limit; a response without EOS by then is invalid "
+                                      "(paper 64)"})
+    pairs_per_forward: int = field(default=0, metadata={
+        "range": at_least(0), "help": "pairs per forward/backward pass, gradients accumulated over the step (0 = all "
+                                      "at once)"})
+    max_grad_norm: float = field(default=1.0, metadata={"range": at_least(0), "help": "gradient clipping (0 = off)"})
+    seed: int = field(default=0, metadata={"range": at_least(0), "help": "seeds the state draws and the sampling"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
-    log_every: int = field(default=1, metadata={"help": "log the means of the metrics every N steps"})
-    monitor_every: int = field(default=0, metadata={"help": "reward-hacking monitor: PRM score and true success "
-                                                            "on validation data every N steps (0 = off)"})
+    log_every: int = field(default=1, metadata={
+        "range": at_least(1), "help": "log the means of the metrics every N steps"})
+    monitor_every: int = field(default=0, metadata={
+        "range": at_least(0), "help": "reward-hacking monitor: PRM score and true success on validation data every N "
+                                      "steps (0 = off)"})
     keep_best: bool = field(default=True, metadata={"help": "with the monitor on, return the policy of the "
                                                             "reading with the best validation success"})
-    monitor_tolerance: float = field(default=0.0, metadata={"help": "warn of reward hacking when the PRM score "
-                                                                    "beats the best reading's while success is "
-                                                                    "more than this below it"})
+    monitor_tolerance: float = field(default=0.0, metadata={
+        "range": at_least(0), "help": "warn of reward hacking when the PRM score beats the best reading's while "
+                                      "success is more than this below it"})
 
     def validate(self) -> None:
         if self.monitor_every < 0 or self.monitor_tolerance < 0:

@@ -15,7 +15,8 @@ Q + beta log pi_prev: the "Q + lambda log pi" ranking with lambda = beta.
 
 pi_i is fitted to pi* on the rollouts' states by the cross-entropy
 
-    L(theta) = - mean_s sum_{a in A(s)} pi*(a|s) log pi_theta(a|s),   pi_theta(a|s) = softmax_{a in A(s)} log p_theta(a|s),
+    L(theta) = - mean_s sum_{a in A(s)} pi*(a|s) log pi_theta(a|s),
+    pi_theta(a|s) = softmax_{a in A(s)} log p_theta(a|s),
 
 with log p_theta(a|s) the response's full log-probability (the admissible-constrained policy at temperature 1, the
 agents' definition). L = KL(pi* || pi_theta) + H(pi*), minimised exactly at pi_theta = pi*. Online DPO reaches the
@@ -31,7 +32,9 @@ Logged (stage ``kl``, means over ``log_every`` steps): ``loss`` (the cross-entro
 (KL(pi* || pi_theta)), ``target_kl`` (KL(pi* || pi_prev): how far the target moves), ``target_q_gain``
 (E_{pi*}[Q] - E_{pi_prev}[Q]), ``q_gain`` (E_{pi_theta}[Q] - E_{pi_prev}[Q]), ``kl_to_reference``
 (KL(pi_theta || pi_prev), exact on the action set), ``objective_gain`` (J(pi_theta) - J(pi_prev)), ``actions``
-(mean |A(s)|) and ``grad_norm``.
+(mean |A(s)|) and ``grad_norm``. With ``monitor_every`` and a ``DPOValidation``, online DPO's reward-hacking monitor
+takes its readings at step 0, every ``monitor_every`` steps and at the end, and ``keep_best`` returns the best
+reading's policy (the paper's "best policy on a validation set"; step 0 is pi_{i-1}).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ import torch
 from torch import Tensor
 
 from agentprm.algorithms.dpo import sequence_logprobs_with_grad
+from agentprm.config import above, at_least
 from agentprm.metrics import MetricsLogger
 from agentprm.models.policy import Policy, encode_prompts, encode_responses
 from agentprm.models.prompts import PromptConfig, PromptState, candidate_actions, format_response, render_prompt
@@ -62,21 +66,32 @@ class ResponseScorer(Protocol):
 
 @dataclass
 class KLStepConfig:
-    beta: float = field(default=0.1, metadata={"help": "KL strength: pi* = pi_prev exp(Q / beta) / Z; small beta "
-                                                       "follows Q, large beta stays at pi_{i-1}"})
-    lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
-    steps: int = field(default=150, metadata={"help": "optimiser steps"})
-    states_per_step: int = field(default=16, metadata={"help": "states per optimiser step (every admissible "
-                                                               "action of each is scored and trained)"})
-    rows_per_forward: int = field(default=256, metadata={"help": "(state, action) rows per forward/backward pass; "
-                                                                 "gradients accumulate over the step"})
+    beta: float = field(default=0.1, metadata={
+        "range": above(0), "help": "KL strength: pi* = pi_prev exp(Q / beta) / Z; small beta follows Q, large beta "
+                                   "stays at pi_{i-1}"})
+    lr: float = field(default=1e-4, metadata={"range": above(0), "help": "AdamW learning rate"})
+    steps: int = field(default=150, metadata={"range": at_least(1), "help": "optimiser steps"})
+    states_per_step: int = field(default=16, metadata={
+        "range": at_least(1), "help": "states per optimiser step (every admissible action of each is scored and "
+                                      "trained)"})
+    rows_per_forward: int = field(default=256, metadata={
+        "range": at_least(1), "help": "(state, action) rows per forward/backward pass; gradients accumulate over the "
+                                      "step"})
     q_source: Literal["prm", "mc"] = field(default="prm", metadata={
         "help": "prm: Q from the iteration's PRM for every admissible action; mc: the rollouts' Monte Carlo "
                 "estimates, only where a state has two or more estimated actions (the no-PRM control)"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
-    seed: int = field(default=0, metadata={"help": "seeds the state draws"})
+    max_grad_norm: float = field(default=1.0, metadata={"range": at_least(0), "help": "gradient clipping (0 = off)"})
+    seed: int = field(default=0, metadata={"range": at_least(0), "help": "seeds the state draws"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
-    log_every: int = field(default=10, metadata={"help": "log the means of the metrics every N steps"})
+    log_every: int = field(default=10, metadata={
+        "range": at_least(1), "help": "log the means of the metrics every N steps"})
+    monitor_every: int = field(default=0, metadata={"range": at_least(0), "help": "validation readings (PRM score "
+                                                    "and true success, as online DPO's monitor) every N steps "
+                                                    "(0 = off)"})
+    keep_best: bool = field(default=True, metadata={"help": "with the monitor on, return the policy of the reading "
+                                                            "with the best validation success"})
+    monitor_tolerance: float = field(default=0.0, metadata={"range": at_least(0), "help": "reward-hacking warning "
+                                                            "tolerance (as dpo.monitor_tolerance)"})
 
     def validate(self) -> None:
         if not self.beta > 0 or not self.lr > 0:
@@ -203,8 +218,27 @@ def _nullcontext():
     return contextlib.nullcontext()
 
 
+class _NoScore:
+    """The monitor's PRM reading when the step has no PRM (``q_source: mc``): 0 for every response."""
+
+    def score(self, prompts, responses):
+        return [0.0] * len(responses)
+
+
+def _watch(config: KLStepConfig, policy: Policy, prm, validation, prompt_config: PromptConfig,
+           metrics: MetricsLogger):
+    """Online DPO's monitor (:class:`agentprm.algorithms.dpo_trainer._Watch`) over this step's policy: readings
+    sample one admissible action per held-out state at temperature 1."""
+    from agentprm.algorithms.dpo_trainer import DPOConfig, _Watch
+
+    settings = DPOConfig(temperature=1.0, mode="admissible", monitor_every=config.monitor_every,
+                         keep_best=config.keep_best, monitor_tolerance=config.monitor_tolerance, seed=config.seed)
+    return _Watch(settings, policy, prm if prm is not None else _NoScore(), validation, prompt_config, metrics)
+
+
 def kl_step_loop(config: KLStepConfig, policy: Policy, reference: Policy, prm: ResponseScorer | None,
-                 states: Sequence[KLState], prompt_config: PromptConfig | None, metrics: MetricsLogger) -> dict:
+                 states: Sequence[KLState], prompt_config: PromptConfig | None, metrics: MetricsLogger,
+                 validation=None) -> dict:
     """Train ``policy`` in place towards pi* of ``reference`` (pi_{i-1}, frozen) and Q; returns a summary.
 
     Several processes (``accelerate launch``) draw the same states and split each step's states between them;
@@ -225,6 +259,10 @@ def kl_step_loop(config: KLStepConfig, policy: Policy, reference: Policy, prm: R
     window: dict[str, list[float]] = {}
     last: dict[str, float] = {}
     start = time.perf_counter()
+    watch = _watch(config, policy, prm, validation, prompt_config, metrics) if validation and config.monitor_every \
+        else None
+    if watch:
+        watch.read(0)
     bar = tqdm(range(1, config.steps + 1), desc="kl step", disable=not config.progress)
     for step in bar:
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
@@ -251,9 +289,14 @@ def kl_step_loop(config: KLStepConfig, policy: Policy, reference: Policy, prm: R
             metrics.log(step, **last)
             bar.set_postfix(loss=f"{last['loss']:.3f}", kl=f"{last['kl_to_reference']:.3f}")
             window = {}
+        if watch and (step % config.monitor_every == 0 or step == config.steps):
+            watch.read(step)
     bar.close()
     policy.model = accelerator.unwrap_model(policy.model)
-    return {"steps": config.steps, "states": len(states), "seconds": time.perf_counter() - start, "final": last}
+    summary = {"steps": config.steps, "states": len(states), "seconds": time.perf_counter() - start, "final": last}
+    if watch:
+        summary["monitor"] = watch.finish()
+    return summary
 
 
 _VALUES = ("loss", "kl_to_target", "target_kl", "target_q_gain", "q_gain", "kl_to_reference", "objective_gain",
@@ -317,7 +360,7 @@ def mc_states(targets: Sequence) -> list[KLState]:
 
 def train_kl_policy(config: KLStepConfig, policy_path: str | Path, prm: ResponseScorer | None,
                     states: Sequence[KLState], out_dir: str | Path, prompt_config: PromptConfig | None = None,
-                    metrics: MetricsLogger | None = None) -> dict:
+                    metrics: MetricsLogger | None = None, validation=None) -> dict:
     """pi_i = the exact KL step from the checkpoint ``policy_path`` (also the frozen pi_{i-1}) with Q from ``prm``
     (or the states' own Q). Writes ``out_dir/model`` (atomically) and ``out_dir/kl_summary.json``."""
     from accelerate import PartialState
@@ -335,7 +378,7 @@ def train_kl_policy(config: KLStepConfig, policy_path: str | Path, prm: Response
     if metrics is None:
         metrics = MetricsLogger(out / "metrics.jsonl", "kl", enabled=state.is_main_process)
     try:
-        summary = kl_step_loop(config, policy, reference, prm, states, prompt_config, metrics)
+        summary = kl_step_loop(config, policy, reference, prm, states, prompt_config, metrics, validation)
     finally:
         if own_metrics:
             metrics.close()

@@ -320,7 +320,14 @@ def targets_to_parquet(targets: Iterable[QTarget], path: str | os.PathLike[str])
 def targets_from_parquet(path: str | os.PathLike[str]) -> list[QTarget]:
     """Read targets written by :func:`targets_to_parquet`, of this format version or version 1 (no ``state_id``
     column: it is derived from the history, as ``key="prefix"`` does); a file of another kind raises ``ValueError``."""
-    table = pq.read_table(path)
+    import pyarrow as pa
+
+    from agentprm.errors import damaged
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as error:
+        raise damaged(path, f"not a readable Parquet file ({str(error).splitlines()[0]})") from None
     metadata = table.schema.metadata or {}
     if metadata.get(_METADATA_KIND) != b"mc_q_targets":
         raise ValueError(f"{path}: not an MC target file (write one with targets_to_parquet / `agentprm targets`)")

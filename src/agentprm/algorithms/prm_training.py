@@ -59,6 +59,7 @@ import torch.nn.functional as F
 
 from agentprm.algorithms.mc_targets import QTarget, state_counts, state_from_target, state_key, target_histogram
 from agentprm.algorithms.sft import batch_order, lr_lambda, process_share
+from agentprm.config import above, at_least, between
 from agentprm.metrics import MetricsLogger
 from agentprm.models.policy import encode_responses, eval_no_grad, left_pad
 from agentprm.models.prompts import PromptConfig, encode_prompts_within
@@ -71,41 +72,51 @@ class PRMTrainConfig:
                 "Q(s, a) = sigmoid(beta log pi_phi(a|s) / pi_ref(a|s)) with phi initialised to the policy, trained "
                 "by episode cross-entropy on the rollouts' outcomes (Yuan et al. 2024; batch_size counts "
                 "episodes, eval_batch_size sequences per chunk; loss is not used)"})
-    beta: float = field(default=0.1, metadata={"help": "implicit PRM: beta of the log-ratio score"})
+    beta: float = field(default=0.1, metadata={"range": above(0), "help": "implicit PRM: beta of the log-ratio score"})
     loss: Literal["soft_bce", "bradley_terry", "soft_bce+listwise"] = field(
         default="soft_bce", metadata={"help": "soft_bce: absolute loss on Q_hat (paper default); bradley_terry: "
                                               "relative loss on pairs of actions at the same state; "
                                               "soft_bce+listwise: soft BCE plus a ListNet term ranking the actions "
                                               "of each state (batches are states)"})
-    bt_delta: float = field(default=0.03, metadata={"help": "Bradley-Terry pairs need Q_hat(a1) - Q_hat(a2) >= this"})
-    within_weight: float = field(default=1.0, metadata={"help": "soft_bce+listwise: lambda, the weight of the "
-                                                                "within-state listwise term"})
-    list_temperature: float = field(default=0.1, metadata={"help": "soft_bce+listwise: tau of the target "
-                                                                   "distribution softmax(Q_hat / tau) over a "
-                                                                   "state's actions"})
-    lr: float = field(default=5e-5, metadata={"help": "peak learning rate (pretrained models: 5e-5 as in the paper; "
-                                                      "tiny from-scratch models want ~1e-3)"})
-    min_lr_ratio: float = field(default=0.1, metadata={"help": "final lr of the cosine decay, as a fraction of lr"})
-    epochs: float = field(default=1.0, metadata={"help": "passes over the training targets (or pairs)"})
-    max_steps: int = field(default=0, metadata={"help": "optimiser steps (0 = from epochs)"})
-    batch_size: int = field(default=16, metadata={"help": "targets (pairs; states for soft_bce+listwise, each "
-                                                          "with all its targets) per micro-batch"})
-    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimiser step"})
-    max_length: int = field(default=512, metadata={"help": "tokens per sequence; longer prompts show fewer of "
-                                                           "the oldest history steps"})
+    bt_delta: float = field(default=0.03, metadata={
+        "range": at_least(0), "help": "Bradley-Terry pairs need Q_hat(a1) - Q_hat(a2) >= this"})
+    within_weight: float = field(default=1.0, metadata={
+        "range": at_least(0), "help": "soft_bce+listwise: lambda, the weight of the within-state listwise term"})
+    list_temperature: float = field(default=0.1, metadata={
+        "range": above(0), "help": "soft_bce+listwise: tau of the target distribution softmax(Q_hat / tau) over a "
+                                   "state's actions"})
+    lr: float = field(default=5e-5, metadata={
+        "range": above(0), "help": "peak learning rate (pretrained models: 5e-5 as in the paper; tiny from-scratch "
+                                   "models want ~1e-3)"})
+    min_lr_ratio: float = field(default=0.1, metadata={
+        "range": between(0, 1), "help": "final lr of the cosine decay, as a fraction of lr"})
+    epochs: float = field(default=1.0, metadata={
+        "range": above(0), "help": "passes over the training targets (or pairs)"})
+    max_steps: int = field(default=0, metadata={"range": at_least(0), "help": "optimiser steps (0 = from epochs)"})
+    batch_size: int = field(default=16, metadata={
+        "range": at_least(1), "help": "targets (pairs; states for soft_bce+listwise, each with all its targets) per "
+                                      "micro-batch"})
+    grad_accum: int = field(default=1, metadata={"range": at_least(1), "help": "micro-batches per optimiser step"})
+    max_length: int = field(default=512, metadata={
+        "range": at_least(1), "help": "tokens per sequence; longer prompts show fewer of the oldest history steps"})
     group_by_length: bool = field(default=True, metadata={"help": "batches of sequences (pairs) of similar length "
                                                                   "(less padding; see sft.batch_order)"})
-    warmup_steps: int = field(default=10, metadata={"help": "linear warm-up steps"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
-    seed: int = field(default=0, metadata={"help": "seeds the head / scratch init and the batch order"})
+    warmup_steps: int = field(default=10, metadata={"range": at_least(0), "help": "linear warm-up steps"})
+    weight_decay: float = field(default=0.01, metadata={"range": at_least(0), "help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"range": at_least(0), "help": "gradient clipping (0 = off)"})
+    seed: int = field(default=0, metadata={
+        "range": at_least(0), "help": "seeds the head / scratch init and the batch order"})
     init: Literal["policy", "scratch"] = field(
         default="policy", metadata={"help": "policy: copy the policy's backbone (as in AgentPRM); scratch: random "
                                             "backbone with the policy's architecture and tokenizer"})
-    eval_every: int = field(default=50, metadata={"help": "validation BCE every N steps (and at the end)"})
-    eval_batch_size: int = field(default=32, metadata={"help": "sequences per batch when scoring"})
-    calibration_bins: int = field(default=10, metadata={"help": "equal-width score bins in the calibration report"})
-    first_steps: int = field(default=3, metadata={"help": "early-step AUC uses each episode's first N steps"})
+    eval_every: int = field(default=50, metadata={
+        "range": at_least(1), "help": "validation BCE every N steps (and at the end)"})
+    eval_batch_size: int = field(default=32, metadata={
+        "range": at_least(1), "help": "sequences per batch when scoring"})
+    calibration_bins: int = field(default=10, metadata={
+        "range": at_least(1), "help": "equal-width score bins in the calibration report"})
+    first_steps: int = field(default=3, metadata={
+        "range": at_least(0), "help": "early-step AUC uses each episode's first N steps"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def validate(self) -> None:

@@ -28,6 +28,7 @@ import torch
 
 from agentprm.algorithms.sft_data import Example, build_examples, collate, in_validation, response_nll
 from agentprm.atomic import atomic_directory
+from agentprm.config import above, at_least, between
 from agentprm.data import read_trajectories
 from agentprm.metrics import MetricsLogger
 from agentprm.models.checkpoints import check_model_source
@@ -37,9 +38,11 @@ from agentprm.models.prompts import PromptConfig
 @dataclass
 class LoraSettings:
     enabled: bool = field(default=False, metadata={"help": "train LoRA adapters (peft) instead of all weights"})
-    r: int = field(default=8, metadata={"help": "LoRA rank"})
-    alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)"})
-    dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA path"})
+    r: int = field(default=8, metadata={"range": at_least(1), "help": "LoRA rank"})
+    alpha: int = field(default=16, metadata={
+        "range": at_least(1), "help": "LoRA scaling numerator (scale = alpha / r)"})
+    dropout: float = field(default=0.0, metadata={
+        "range": between(0, 1, high_open=True), "help": "dropout on the LoRA path"})
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
                                       metadata={"help": "module names that get adapters"})
 
@@ -54,25 +57,31 @@ class SFTConfig:
                                                    "tensorboard/ (filled in by `agentprm run`)"})
     prompt: PromptConfig = field(default_factory=PromptConfig, metadata={"help": "prompt rendering"})
     only_successful: bool = field(default=True, metadata={"help": "train only on episodes that were won"})
-    max_episodes: int = field(default=0, metadata={"help": "use at most this many episodes (0 = all)"})
-    val_fraction: float = field(default=0.1, metadata={"help": "fraction of GAMES held out for validation loss"})
-    epochs: float = field(default=3.0, metadata={"help": "passes over the training examples"})
-    max_steps: int = field(default=0, metadata={"help": "optimiser steps (0 = from epochs)"})
-    batch_size: int = field(default=16, metadata={"help": "examples per micro-batch"})
-    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimiser step"})
-    lr: float = field(default=3e-3, metadata={"help": "peak learning rate (small from-scratch models like 3e-3; "
-                                                      "pretrained ones ~2e-5)"})
-    min_lr_ratio: float = field(default=0.1, metadata={"help": "final lr as a fraction of the peak"})
-    warmup_steps: int = field(default=10, metadata={"help": "linear warm-up steps"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
-    max_length: int = field(default=512, metadata={"help": "tokens per example; longer prompts show fewer of the "
-                                                           "oldest history steps"})
+    max_episodes: int = field(default=0, metadata={
+        "range": at_least(0), "help": "use at most this many episodes (0 = all)"})
+    val_fraction: float = field(default=0.1, metadata={
+        "range": between(0, 1, high_open=True), "help": "fraction of GAMES held out for validation loss"})
+    epochs: float = field(default=3.0, metadata={"range": above(0), "help": "passes over the training examples"})
+    max_steps: int = field(default=0, metadata={"range": at_least(0), "help": "optimiser steps (0 = from epochs)"})
+    batch_size: int = field(default=16, metadata={"range": at_least(1), "help": "examples per micro-batch"})
+    grad_accum: int = field(default=1, metadata={"range": at_least(1), "help": "micro-batches per optimiser step"})
+    lr: float = field(default=3e-3, metadata={
+        "range": above(0), "help": "peak learning rate (small from-scratch models like 3e-3; pretrained ones ~2e-5)"})
+    min_lr_ratio: float = field(default=0.1, metadata={
+        "range": between(0, 1), "help": "final lr as a fraction of the peak"})
+    warmup_steps: int = field(default=10, metadata={"range": at_least(0), "help": "linear warm-up steps"})
+    weight_decay: float = field(default=0.01, metadata={"range": at_least(0), "help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"range": at_least(0), "help": "gradient clipping (0 = off)"})
+    max_length: int = field(default=512, metadata={
+        "range": at_least(1), "help": "tokens per example; longer prompts show fewer of the oldest history steps"})
     group_by_length: bool = field(default=True, metadata={"help": "batches of examples of similar length (less "
                                                                   "padding; see sft.batch_order)"})
-    eval_every: int = field(default=50, metadata={"help": "validation loss every N steps (and at the end)"})
-    save_every: int = field(default=50, metadata={"help": "checkpoint every N steps (and at the end)"})
-    seed: int = field(default=0, metadata={"help": "seeds model init of new heads, data order and dropout"})
+    eval_every: int = field(default=50, metadata={
+        "range": at_least(1), "help": "validation loss every N steps (and at the end)"})
+    save_every: int = field(default=50, metadata={
+        "range": at_least(1), "help": "checkpoint every N steps (and at the end)"})
+    seed: int = field(default=0, metadata={
+        "range": at_least(0), "help": "seeds model init of new heads, data order and dropout"})
     mixed_precision: str = field(default="no", metadata={"help": "accelerate mixed precision: no | bf16 | fp16"})
     lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "LoRA options"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})

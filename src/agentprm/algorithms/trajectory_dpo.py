@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from agentprm.algorithms.dpo import dpo_loss, sequence_logprobs_with_grad
+from agentprm.config import above, at_least
 from agentprm.metrics import MetricsLogger
 from agentprm.models.policy import Policy, encode_prompts, encode_responses
 from agentprm.models.prompts import PromptConfig, PromptState, render_prompt
@@ -33,12 +34,13 @@ __all__ = ["TrajectoryDPOConfig", "trajectory_pairs", "train_trajectory_dpo"]
 
 @dataclass
 class TrajectoryDPOConfig:
-    steps: int = field(default=100, metadata={"help": "optimiser steps"})
-    pairs_per_step: int = field(default=4, metadata={"help": "(won, failed) trajectory pairs per step"})
-    lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
-    beta: float = field(default=0.1, metadata={"help": "DPO temperature"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
-    seed: int = field(default=0, metadata={"help": "seeds the pairing and the pair order"})
+    steps: int = field(default=100, metadata={"range": at_least(1), "help": "optimiser steps"})
+    pairs_per_step: int = field(default=4, metadata={
+        "range": at_least(1), "help": "(won, failed) trajectory pairs per step"})
+    lr: float = field(default=1e-4, metadata={"range": above(0), "help": "AdamW learning rate"})
+    beta: float = field(default=0.1, metadata={"range": above(0), "help": "DPO temperature"})
+    max_grad_norm: float = field(default=1.0, metadata={"range": at_least(0), "help": "gradient clipping (0 = off)"})
+    seed: int = field(default=0, metadata={"range": at_least(0), "help": "seeds the pairing and the pair order"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def validate(self) -> None:

@@ -29,6 +29,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Callable
 
+from agentprm.config import above, at_least
+
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 
 
@@ -44,16 +46,24 @@ class ApiSettings:
     api_key_env: str = field(default="OPENAI_API_KEY", metadata={
         "help": "environment variable holding the API key (the key never goes into a config or a record); unset "
                 "or empty: no Authorization header"})
-    max_tokens: int = field(default=128, metadata={"help": "completion cap per turn"})
-    timeout: float = field(default=60.0, metadata={"help": "seconds per request before it counts as failed"})
-    max_retries: int = field(default=4, metadata={"help": "retries of a failed request (connection errors, "
-                                                          "timeouts, 429, 5xx) before the evaluation stops"})
-    backoff: float = field(default=1.0, metadata={"help": "first retry delay (s); doubles each retry"})
-    max_backoff: float = field(default=30.0, metadata={"help": "longest retry delay (s), Retry-After included"})
-    requests_per_minute: float = field(default=0.0, metadata={"help": "client-side rate limit (0 = none)"})
-    concurrency: int = field(default=4, metadata={"help": "requests in flight at once (one per live episode)"})
-    price_input_per_mtok: float = field(default=0.0, metadata={"help": "cost per million prompt tokens"})
-    price_output_per_mtok: float = field(default=0.0, metadata={"help": "cost per million completion tokens"})
+    max_tokens: int = field(default=128, metadata={"range": at_least(1), "help": "completion cap per turn"})
+    timeout: float = field(default=60.0, metadata={
+        "range": above(0), "help": "seconds per request before it counts as failed"})
+    max_retries: int = field(default=4, metadata={
+        "range": at_least(0), "help": "retries of a failed request (connection errors, timeouts, 429, 5xx) before the "
+                                      "evaluation stops"})
+    backoff: float = field(default=1.0, metadata={
+        "range": at_least(0), "help": "first retry delay (s); doubles each retry"})
+    max_backoff: float = field(default=30.0, metadata={
+        "range": at_least(0), "help": "longest retry delay (s), Retry-After included"})
+    requests_per_minute: float = field(default=0.0, metadata={
+        "range": at_least(0), "help": "client-side rate limit (0 = none)"})
+    concurrency: int = field(default=4, metadata={
+        "range": at_least(1), "help": "requests in flight at once (one per live episode)"})
+    price_input_per_mtok: float = field(default=0.0, metadata={
+        "range": at_least(0), "help": "cost per million prompt tokens"})
+    price_output_per_mtok: float = field(default=0.0, metadata={
+        "range": at_least(0), "help": "cost per million completion tokens"})
 
     def check_settings(self, where: str = "api") -> None:
         """Raise ValueError naming the key of a bad setting (called for API agents only)."""

@@ -26,6 +26,25 @@ def check_model_source(source: str | Path) -> str:
     raise FileNotFoundError(f"model path {text!r} does not exist (build one with `agentprm init-model`)")
 
 
+LOAD_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, RuntimeError, KeyError)
+try:  # a truncated or overwritten weights file
+    from safetensors import SafetensorError
+
+    LOAD_ERRORS += (SafetensorError,)
+except ImportError:  # pragma: no cover - safetensors comes with transformers
+    pass
+
+
+def load_error(source: str, error: Exception) -> Exception:
+    """The error to raise when ``from_pretrained(source)`` failed: a damaged local checkpoint names its folder and
+    the command that rebuilds it; a hub id explains the hub."""
+    if Path(source).expanduser().exists():
+        from agentprm.errors import damaged
+
+        return damaged(source, f"an unreadable checkpoint ({type(error).__name__}: {str(error).splitlines()[0]})")
+    return hub_load_error(source, error)
+
+
 def hub_load_error(source: str, error: Exception) -> OSError:
     """A readable error for a hub id that could not be loaded (no network, gated model, typo)."""
     return OSError(f"cannot load model {source!r}: {error}. On a machine without access to the model hub, pass a "

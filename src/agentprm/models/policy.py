@@ -276,14 +276,14 @@ class Policy:
         """Load model + tokenizer from a checkpoint folder (any HF causal LM) or a hub id where downloads work."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from agentprm.models.checkpoints import check_model_source, hub_load_error
+        from agentprm.models.checkpoints import LOAD_ERRORS, check_model_source, load_error
 
         source = check_model_source(path)
         try:
             model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
             tokenizer = AutoTokenizer.from_pretrained(source)
-        except OSError as error:
-            raise hub_load_error(source, error) from error
+        except LOAD_ERRORS as error:
+            raise load_error(source, error) from None
         return cls(model, tokenizer, device=device)
 
     def save_pretrained(self, path: str | Path) -> None:

@@ -116,9 +116,15 @@ class ProcessRewardModel:
         """Load a PRM saved by :meth:`save_pretrained`."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from agentprm.models.checkpoints import LOAD_ERRORS, load_error
+
         folder = _check_folder(path, "PRM")
-        model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1, dtype=dtype)
-        return cls(model, AutoTokenizer.from_pretrained(folder), device=device)
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1, dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+        except LOAD_ERRORS as error:
+            raise load_error(str(folder), error) from None
+        return cls(model, tokenizer, device=device)
 
     @classmethod
     def from_policy(

@@ -53,6 +53,8 @@ from typing import Any, Literal
 
 import jinja2
 
+from agentprm.config import at_least
+
 TEMPLATES: tuple[str, ...] = ("reason_action", "action_only")
 CHAT_TEMPLATE_MODES: tuple[str, ...] = ("auto", "never", "always")
 
@@ -131,15 +133,20 @@ class PromptConfig:
     every stage renders the same number for the same state.
     """
 
-    template: TemplateName = "action_only"
-    history_window: int = 2
-    history_obs_words: int = 25
-    sort_actions: bool = True
-    show_actions: bool = True
-    use_chat_template: ChatMode = "auto"
-    strip_filler: bool = True
-    hint: str = ""
-    step_budget: int = 0
+    template: TemplateName = field(default="action_only", metadata={
+        "help": "action_only (compact, for small models) or reason_action (the paper's REASON/ACTION)"})
+    history_window: int = field(default=2, metadata={"range": at_least(-1), "help": "recent (observation, action) "
+                                                     "pairs shown; 0 none, -1 all"})
+    history_obs_words: int = field(default=25, metadata={"range": at_least(0), "help": "history observations cut "
+                                                         "to this many words (0 = whole)"})
+    sort_actions: bool = field(default=True, metadata={"help": "list the valid actions sorted"})
+    show_actions: bool = field(default=True, metadata={"help": "list the valid actions at all"})
+    use_chat_template: ChatMode = field(default="auto", metadata={"help": "wrap with the tokenizer's chat "
+                                                                          "template: auto, never, always"})
+    strip_filler: bool = field(default=True, metadata={"help": "remove engine boilerplate from observations"})
+    hint: str = field(default="", metadata={"help": "a 'Hint:' line (steered exploration only)"})
+    step_budget: int = field(default=0, metadata={"range": at_least(0), "help": "> 0: a 'Steps left' line, "
+                                                  "budget - steps taken (set it to eval.max_steps)"})
 
     def __post_init__(self) -> None:
         if not isinstance(self.hint, str):

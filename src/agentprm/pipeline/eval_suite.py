@@ -36,10 +36,18 @@ from typing import Any, Literal
 
 import yaml
 
-from agentprm.config import ConfigError, defaults_dict, load_config, to_dict
+from agentprm.config import ConfigError, at_least, defaults_dict, load_config, to_dict
 from agentprm.models.api_client import ApiSettings
 from agentprm.models.prompts import PromptConfig
-from agentprm.pipeline.run_config import GamesSettings, RaySettings, RunConfig, WorkerSettings, pool_spec, worker_count
+from agentprm.pipeline.run_config import (
+    GamesSettings,
+    RaySettings,
+    RunConfig,
+    Split,
+    WorkerSettings,
+    pool_spec,
+    worker_count,
+)
 
 AGENT_KINDS = ("policy", "bon", "random", "expert", "api")
 EVAL_CONFIG = "eval.yaml"
@@ -54,12 +62,13 @@ class AgentSpec:
     policy: str = field(default="", metadata={"help": "policy checkpoint folder, or pi_<i> of `run` (policy, bon)"})
     prm: str = field(default="", metadata={"help": "PRM checkpoint folder, or Q_<j> of `run` (bon)"})
     prm_name: str = field(default="", metadata={"help": "the row's PRM name (default: Q_<j> or the folder)"})
-    n: list[int] = field(default_factory=lambda: [16], metadata={"help": "Best-of-N sizes, one row each (bon)"})
-    temperature: float | None = field(default=None, metadata={
+    n: list[int] = field(default_factory=lambda: [16], metadata={
+        "range": at_least(1), "help": "Best-of-N sizes, one row each (bon)"})
+    temperature: float | None = field(default=None, metadata={"range": at_least(0), 
         "help": "sampling temperature (default: 0.3 for policy and api, 1.0 for Best-of-N candidates)"})
     mode: Literal["admissible", "free"] = field(default="admissible", metadata={
         "help": "admissible: sample among admissible actions; free: generate and parse"})
-    max_new_tokens: int = field(default=48, metadata={"help": "free-generation cap"})
+    max_new_tokens: int = field(default=48, metadata={"range": at_least(1), "help": "free-generation cap"})
     filter_admissible: bool = field(default=True, metadata={"help": "Best-of-N scores admissible candidates only"})
     expert: Literal["handcoded", "planner"] = field(default="handcoded", metadata={
         "help": "ALFWorld expert (kind: expert); TextWorldExpress always uses its gold path"})
@@ -74,20 +83,21 @@ class EvalConfig:
                                                    "its checkpoints pi_<i> and Q_<j>"})
     games: GamesSettings = field(default_factory=GamesSettings, metadata={
         "help": "the games when there is no `run` (games.root: a game folder; games.env)"})
-    splits: list[str] = field(default_factory=lambda: ["unseen"], metadata={
+    splits: list[Split] = field(default_factory=lambda: ["unseen"], metadata={
         "help": "splits to evaluate on (train, seen, unseen), same games and seeds for every agent"})
-    eval_games: int = field(default=0, metadata={"help": "first N games of each split (0 = all)"})
-    max_steps: int = field(default=30, metadata={"help": "actions per episode (paper: 30)"})
+    eval_games: int = field(default=0, metadata={"range": at_least(0), "help": "first N games of each split (0 = all)"})
+    max_steps: int = field(default=30, metadata={"range": at_least(1), "help": "actions per episode (paper: 30)"})
     prompt: PromptConfig | None = field(default=None, metadata={
         "help": "prompt of checkpoint agents when there is no `run` (default: action_only)"})
     agents: list[AgentSpec] = field(default_factory=list, metadata={"help": "the agents to compare"})
     record_prompts: bool = field(default=True, metadata={"help": "keep every step's prompt in the episode records"})
-    calibration_bins: int = field(default=10, metadata={"help": "bins of the PRM calibration plot"})
-    num_envs: int = field(default=16, metadata={"help": "episodes played at once"})
-    workers: int | WorkerSettings = field(default=0, metadata={
+    calibration_bins: int = field(default=10, metadata={
+        "range": at_least(1), "help": "bins of the PRM calibration plot"})
+    num_envs: int = field(default=16, metadata={"range": at_least(1), "help": "episodes played at once"})
+    workers: int | WorkerSettings = field(default=0, metadata={"range": at_least(0), 
         "help": "environment workers: a count of local processes (0 = in-process), or {count, backend: local | ray}"})
     ray: RaySettings = field(default_factory=RaySettings, metadata={"help": "the Ray cluster (workers.backend: ray)"})
-    seed: int = field(default=0, metadata={"help": "agent seed, the same for every agent"})
+    seed: int = field(default=0, metadata={"range": at_least(0), "help": "agent seed, the same for every agent"})
 
     def validate(self) -> None:
         if not self.agents:

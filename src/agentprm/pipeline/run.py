@@ -76,6 +76,7 @@ def prepare_run_dir(config: RunConfig, run_dir: Path) -> None:
     from agentprm.pipeline.stages import check_run_format
 
     check_run_format(run_dir)
+    check_out_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = yaml.safe_dump(to_dict(config), sort_keys=True)
     path = run_dir / "config.yaml"
@@ -87,6 +88,17 @@ def prepare_run_dir(config: RunConfig, run_dir: Path) -> None:
             raise ConfigError(f"{run_dir} was started with a different config (changed: {', '.join(changed)}); "
                              f"use a new --out folder or restore the config")
     path.write_text(resolved)
+
+
+def check_out_dir(run_dir: Path) -> None:
+    """Refuse an ``--out`` that is a file, or a folder (or the nearest existing parent of one) not writable."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir} is a file, not a run directory; choose another --out")
+    existing = run_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {run_dir}: {existing} is not writable; choose another --out")
 
 
 def config_changes(old: dict, new: dict, prefix: str = "", defaults: dict | None = None) -> list[str]:

@@ -15,23 +15,33 @@ from agentprm.algorithms.kl_step import KLStepConfig
 from agentprm.algorithms.prm_training import PRMTrainConfig
 from agentprm.algorithms.sft import SFTConfig
 from agentprm.algorithms.trajectory_dpo import TrajectoryDPOConfig
+from agentprm.config import above, at_least, between
+from agentprm.envs.alfworld_assets import TASK_TYPES
 from agentprm.envs.runner import PoolSpec
 from agentprm.models.prompts import PromptConfig
 
+
+Split = Literal["train", "seen", "unseen"]  # the splits a run generates (games.train / .seen / .unseen)
+TaskType = Literal[TASK_TYPES]  # the six ALFWorld task types
 
 @dataclass
 class GamesSettings:
     env: Literal["alfworld", "twx"] = field(default="alfworld", metadata={"help": "environment backend"})
     root: str = field(default="", metadata={"help": "existing ALFWorld game folder or official data (ALFWORLD_DATA "
                                                     "layout); empty: generate games into RUN/games"})
-    seed: int = field(default=0, metadata={"help": "game generation seed (ALFWorld) / first seed (TextWorldExpress)"})
-    train: int = field(default=60, metadata={"help": "training games (rollouts, demonstrations)"})
-    seen: int = field(default=0, metadata={"help": "valid_seen games to generate"})
-    unseen: int = field(default=30, metadata={"help": "valid_unseen games to generate (held-out floor plans)"})
-    max_receptacles: int = field(default=6, metadata={"help": "receptacles per generated room (0 = whole plan)"})
-    task_types: list[str] = field(default_factory=list, metadata={"help": "ALFWorld task types (empty = all six)"})
-    eval_split: str = field(default="unseen", metadata={"help": "split of the fixed evaluation games"})
-    eval_games: int = field(default=0, metadata={"help": "evaluate on the first N games of eval_split (0 = all)"})
+    seed: int = field(default=0, metadata={
+        "range": at_least(0), "help": "game generation seed (ALFWorld) / first seed (TextWorldExpress)"})
+    train: int = field(default=60, metadata={"range": at_least(0), "help": "training games (rollouts, demonstrations)"})
+    seen: int = field(default=0, metadata={"range": at_least(0), "help": "valid_seen games to generate"})
+    unseen: int = field(default=30, metadata={
+        "range": at_least(0), "help": "valid_unseen games to generate (held-out floor plans)"})
+    max_receptacles: int = field(default=6, metadata={
+        "range": at_least(1), "help": "receptacles per generated room (0 = whole plan)"})
+    task_types: list[TaskType] = field(default_factory=list, metadata={"help": "ALFWorld task types (empty = all "
+                                                                               "six)"})
+    eval_split: Split = field(default="unseen", metadata={"help": "split of the fixed evaluation games"})
+    eval_games: int = field(default=0, metadata={
+        "range": at_least(0), "help": "evaluate on the first N games of eval_split (0 = all)"})
     twx_game: str = field(default="twc", metadata={"help": "TextWorldExpress game"})
     twx_params: str = field(default="", metadata={"help": "TextWorldExpress game parameters"})
 
@@ -44,14 +54,15 @@ class ModelSettings:
     path: str = field(default="", metadata={"help": "checkpoint folder or hub id (source: path), e.g. "
                                                     "meta-llama/Llama-3.2-3B-Instruct"})
     preset: Literal["tiny", "small", "base"] = field(default="tiny", metadata={"help": "embedded model size"})
-    vocab_size: int = field(default=2048, metadata={"help": "embedded tokenizer vocabulary"})
+    vocab_size: int = field(default=2048, metadata={"range": at_least(64), "help": "embedded tokenizer vocabulary"})
 
 
 @dataclass
 class DemoSettings:
     expert: Literal["handcoded", "planner"] = field(default="handcoded", metadata={"help": "ALFWorld expert"})
-    count: int = field(default=0, metadata={"help": "demonstrations from the first N training games (0 = all)"})
-    max_steps: int = field(default=50, metadata={"help": "expert step budget"})
+    count: int = field(default=0, metadata={
+        "range": at_least(0), "help": "demonstrations from the first N training games (0 = all)"})
+    max_steps: int = field(default=50, metadata={"range": at_least(1), "help": "expert step budget"})
 
 
 @dataclass
@@ -59,7 +70,7 @@ class PolicySettings:
     mode: Literal["admissible", "free"] = field(
         default="admissible", metadata={"help": "admissible: sample among admissible actions by likelihood "
                                                 "(small models); free: free generation + parser (large models)"})
-    max_new_tokens: int = field(default=48, metadata={"help": "free-generation cap"})
+    max_new_tokens: int = field(default=48, metadata={"range": at_least(1), "help": "free-generation cap"})
     server_url: str = field(default="", metadata={
         "help": "rollouts sample from this OpenAI-compatible server (vLLM, SGLang, transformers serve; base URL "
                 "ending in /v1) instead of the local model; it must read pi_{i-1}'s checkpoint folder, named as the "
@@ -70,32 +81,38 @@ class PolicySettings:
 
 @dataclass
 class RolloutSettings:
-    episodes_per_game: int = field(default=4, metadata={"help": "rollouts of pi_{i-1} per training game (paper: 16)"})
-    temperature: float = field(default=0.3, metadata={"help": "sampling temperature of rollouts (paper: 0.3)"})
-    max_steps: int = field(default=30, metadata={"help": "actions per episode"})
-    games: int = field(default=0, metadata={"help": "training games played per iteration (0 = all); iteration i "
-                                                    "takes the i-th window of this many, wrapping around"})
-    steer_fraction: float = field(default=0.0, metadata={
+    episodes_per_game: int = field(default=4, metadata={
+        "range": at_least(1), "help": "rollouts of pi_{i-1} per training game (paper: 16)"})
+    temperature: float = field(default=0.3, metadata={
+        "range": at_least(0), "help": "sampling temperature of rollouts (paper: 0.3)"})
+    max_steps: int = field(default=30, metadata={"range": at_least(1), "help": "actions per episode"})
+    games: int = field(default=0, metadata={
+        "range": at_least(0), "help": "training games played per iteration (0 = all); iteration i takes the i-th "
+                                      "window of this many, wrapping around"})
+    steer_fraction: float = field(default=0.0, metadata={"range": between(0, 1), 
         "help": "steered exploration: probability that a rollout step samples with `hint` in the prompt (training "
                 "always uses the nominal prompt; 0 = off; reference code: 0.5)"})
     hint: str = field(default="Think about where the object you need is most likely to be, and go there first.",
                       metadata={"help": "steered exploration: the hint line added to the sampling prompt"})
-    reset_fraction: float = field(default=0.0, metadata={
+    reset_fraction: float = field(default=0.0, metadata={"range": between(0, 1), 
         "help": "reset distribution: fraction of the episodes per game that first replay a random prefix of the "
                 "game's expert demonstration (the same prefix for a game's reset episodes; 0 = off)"})
-    branch_states: int = field(default=0, metadata={
+    branch_states: int = field(default=0, metadata={"range": at_least(0), 
         "help": "branching rollouts: branch points per base episode, where branch_actions distinct actions "
                 "(drawn from pi without replacement) are each followed by branch_continuations continuations "
                 "replayed in the engine (0 = off)"})
-    branch_actions: int = field(default=3, metadata={"help": "branching rollouts: distinct actions per branch point"})
-    branch_continuations: int = field(default=2, metadata={
+    branch_actions: int = field(default=3, metadata={
+        "range": at_least(2), "help": "branching rollouts: distinct actions per branch point"})
+    branch_continuations: int = field(default=2, metadata={"range": at_least(1), 
         "help": "branching rollouts: continuations of pi per branch action"})
 
 
 @dataclass
 class TargetSettings:
-    gamma: float = field(default=0.95, metadata={"help": "discount of the Monte Carlo targets (paper: 0.95)"})
-    val_fraction: float = field(default=0.1, metadata={"help": "fraction of games held out to validate the PRM"})
+    gamma: float = field(default=0.95, metadata={
+        "range": between(0, 1, low_open=True), "help": "discount of the Monte Carlo targets (paper: 0.95)"})
+    val_fraction: float = field(default=0.1, metadata={
+        "range": between(0, 1, high_open=True), "help": "fraction of games held out to validate the PRM"})
     shaping: bool = field(default=False, metadata={
         "help": "process reward shaping: Q_hat + gamma V(s') - V(s) with V the value model of pi_0 (learned from "
                 "iteration 1's rollouts), mapped affinely to [0, 1]"})
@@ -106,33 +123,36 @@ class TargetSettings:
 
 @dataclass
 class InverseSettings:
-    transitions_per_class: int = field(default=0, metadata={
+    transitions_per_class: int = field(default=0, metadata={"range": at_least(0), 
         "help": "InversePRM: train on at most this many expert and this many learner transitions (a seeded draw "
                 "per iteration; 0 = all)"})
-    next_action_temperature: float = field(default=1.0, metadata={
+    next_action_temperature: float = field(default=1.0, metadata={"range": above(0), 
         "help": "InversePRM: temperature of a' ~ pi_{i-1}(. | s')"})
 
 
 @dataclass
 class RFTSettings:
-    max_steps: int = field(default=300, metadata={"help": "rejection-sampling fine-tuning: SFT steps on the won "
-                                                          "rollouts, starting from pi_{i-1}"})
-    lr: float = field(default=3e-4, metadata={"help": "RFT peak learning rate"})
-    batch_size: int = field(default=16, metadata={"help": "RFT examples per step"})
-    warmup_steps: int = field(default=10, metadata={"help": "RFT warm-up steps"})
+    max_steps: int = field(default=300, metadata={
+        "range": at_least(1), "help": "rejection-sampling fine-tuning: SFT steps on the won rollouts, starting from "
+                                      "pi_{i-1}"})
+    lr: float = field(default=3e-4, metadata={"range": above(0), "help": "RFT peak learning rate"})
+    batch_size: int = field(default=16, metadata={"range": at_least(1), "help": "RFT examples per step"})
+    warmup_steps: int = field(default=10, metadata={"range": at_least(0), "help": "RFT warm-up steps"})
 
 
 @dataclass
 class EvalSettings:
-    max_steps: int = field(default=30, metadata={"help": "actions per evaluation episode (paper: 30)"})
-    temperature: float = field(default=0.3, metadata={"help": "policy temperature at evaluation (paper: 0.3)"})
-    bon_n: int = field(default=16, metadata={"help": "N of the Best-of-N rows (paper: 16)"})
-    bon_curve: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32],
-                                 metadata={"help": "N values of the final Best-of-N scaling curve"})
-    bon_temperature: float | None = field(default=None, metadata={
+    max_steps: int = field(default=30, metadata={
+        "range": at_least(1), "help": "actions per evaluation episode (paper: 30)"})
+    temperature: float = field(default=0.3, metadata={
+        "range": at_least(0), "help": "policy temperature at evaluation (paper: 0.3)"})
+    bon_n: int = field(default=16, metadata={"range": at_least(1), "help": "N of the Best-of-N rows (paper: 16)"})
+    bon_curve: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32], metadata={
+        "range": at_least(1), "help": "N values of the final Best-of-N scaling curve"})
+    bon_temperature: float | None = field(default=None, metadata={"range": at_least(0), 
         "help": "sampling temperature of Best-of-N candidates (default: eval.temperature, so that BoN(N=1) is the "
                 "policy row; the reference samples at the generator's 1.0)"})
-    bon_logprob_weight: float = field(default=0.0, metadata={
+    bon_logprob_weight: float = field(default=0.0, metadata={"range": at_least(0), 
         "help": "Best-of-N ranks candidates by Q + lambda log pi with this lambda (0 = by Q alone, the paper's "
                 "rule); lambda = beta orders as the KL step's pi*"})
 
@@ -142,18 +162,20 @@ class EvalSettings:
 
 @dataclass
 class MonitorSettings:
-    split: str = field(default="seen", metadata={"help": "split of the monitor's validation games (never the "
-                                                         "evaluation split); used when dpo.monitor_every > 0"})
-    games: int = field(default=0, metadata={"help": "validation games played at each reading (first N of the "
-                                                    "split; 0 = all)"})
-    states: int = field(default=128, metadata={"help": "held-out states (the PRM's validation games) whose mean "
-                                                       "PRM score is read"})
+    split: Split = field(default="seen", metadata={"help": "split of the monitor's validation games (never the "
+                                                         "evaluation split); used when the policy step's "
+                                                         "monitor_every > 0"})
+    games: int = field(default=0, metadata={
+        "range": at_least(0), "help": "validation games played at each reading (first N of the split; 0 = all)"})
+    states: int = field(default=128, metadata={
+        "range": at_least(0), "help": "held-out states (the PRM's validation games) whose mean PRM score is read"})
 
 
 @dataclass
 class WorkerSettings:
-    count: int = field(default=0, metadata={"help": "local: environment worker processes (0 = in-process); ray: "
-                                                    "environment actors (0 = 2)"})
+    count: int = field(default=0, metadata={
+        "range": at_least(0), "help": "local: environment worker processes (0 = in-process); ray: environment actors "
+                                      "(0 = 2)"})
     backend: Literal["local", "ray"] = field(default="local", metadata={
         "help": "local: this machine's processes; ray: Ray actors (rollouts and evaluation), the policy batched "
                 "in the driver"})
@@ -190,7 +212,7 @@ class RunConfig:
                 "vs learner transitions (Eq. 9), no outcome reward; outcome-only baselines without a PRM: rft "
                 "(pi_i = SFT of pi_{i-1} on its won rollouts), trajectory_dpo (DPO on won vs failed episodes of "
                 "the same game)"})
-    iterations: int = field(default=1, metadata={"help": "AgentPRM iterations K (paper: 3)"})
+    iterations: int = field(default=1, metadata={"range": at_least(0), "help": "AgentPRM iterations K (paper: 3)"})
     rollouts: RolloutSettings = field(default_factory=RolloutSettings, metadata={"help": "stage 1: rollouts"})
     targets: TargetSettings = field(default_factory=TargetSettings, metadata={"help": "stage 1: MC targets"})
     inverse: InverseSettings = field(default_factory=InverseSettings, metadata={"help": "InversePRM data"})
@@ -205,14 +227,20 @@ class RunConfig:
     kl: KLStepConfig = field(default_factory=KLStepConfig, metadata={"help": "stage 3: the exact KL step "
                                                                             "(policy_step: kl)"})
     monitor: MonitorSettings = field(default_factory=MonitorSettings, metadata={
-        "help": "reward-hacking monitor of online DPO (on when dpo.monitor_every > 0)"})
+        "help": "reward-hacking monitor of the policy step (on when dpo.monitor_every or kl.monitor_every > 0)"})
     eval: EvalSettings = field(default_factory=EvalSettings, metadata={"help": "evaluation protocol"})
-    num_envs: int = field(default=16, metadata={"help": "games played at once (batch of the policy)"})
-    workers: int | WorkerSettings = field(default=0, metadata={
+    num_envs: int = field(default=16, metadata={
+        "range": at_least(1), "help": "games played at once (batch of the policy)"})
+    workers: int | WorkerSettings = field(default=0, metadata={"range": at_least(0), 
         "help": "environment workers: a count of local processes (0 = in-process), or {count, backend: local | ray}"})
     ray: RaySettings = field(default_factory=RaySettings, metadata={"help": "the Ray cluster (workers.backend: ray)"})
-    seed: int = field(default=0, metadata={"help": "seed of every stage (each stage derives its own)"})
+    seed: int = field(default=0, metadata={
+        "range": at_least(0), "help": "seed of every stage (each stage derives its own)"})
     progress: bool = field(default=True, metadata={"help": "progress bars"})
+
+    def monitor_every(self) -> int:
+        """The policy step's monitor period (``dpo.monitor_every`` or ``kl.monitor_every``; 0 = off)."""
+        return self.kl.monitor_every if self.policy_step == "kl" else self.dpo.monitor_every
 
     def pool(self) -> PoolSpec:
         """Where the stages' environments run (``workers`` and ``ray``)."""
@@ -266,7 +294,7 @@ class RunConfig:
             raise ValueError("policy.server_url needs policy.mode: free (servers do not score admissible actions)")
         if self.model.source == "path" and not self.model.path:
             raise ValueError("model.path is required when model.source is 'path'")
-        if self.dpo.monitor_every > 0:
+        if self.monitor_every() > 0:
             if self.monitor.split == self.games.eval_split:
                 raise ValueError(f"monitor.split must not be the evaluation split ({self.games.eval_split!r}): "
                                  "checkpoints are selected on it")
@@ -274,7 +302,8 @@ class RunConfig:
                 raise ValueError(f"monitor.split must be train, seen or unseen, got {self.monitor.split!r}")
             generated = {"train": self.games.train, "seen": self.games.seen, "unseen": self.games.unseen}
             if not self.games.root and generated[self.monitor.split] < 1:
-                raise ValueError(f"dpo.monitor_every > 0 needs games for monitor.split={self.monitor.split!r}: "
+                raise ValueError(f"{self.policy_step}.monitor_every > 0 needs games for "
+                                 f"monitor.split={self.monitor.split!r}: "
                                  f"set games.{self.monitor.split} > 0")
         if self.monitor.games < 0 or self.monitor.states < 0:
             raise ValueError("monitor.games and monitor.states must be >= 0")

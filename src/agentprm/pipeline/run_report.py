@@ -12,6 +12,17 @@ from pathlib import Path
 from agentprm.pipeline.report import plot_calibration, plot_reward_hacking, write_report, write_summary
 from agentprm.pipeline.stages import stage_seconds
 
+def _check_metric_line(source: Path, number: int, line: str) -> None:
+    from agentprm.errors import damaged
+
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict) or not {"stage", "name", "step", "value"} <= set(value):
+        raise damaged(source, f"line {number} is not a metric record (torn or edited by hand)")
+
+
 STAGE_ORDER = ("games", "demos", "model_init", "policy", "eval", "rollouts", "targets", "prm")
 
 
@@ -41,7 +52,10 @@ def compile_metrics(run_dir: Path) -> int:
             sources += sorted((folder / stage).glob("**/metrics.jsonl"))
     lines = []
     for source in sources:
-        lines += [line for line in source.read_text().splitlines() if line.strip()]
+        for number, line in enumerate(source.read_text().splitlines(), 1):
+            if line.strip():
+                _check_metric_line(source, number, line)
+                lines.append(line)
     (run_dir / "metrics.jsonl").write_text("\n".join(lines) + ("\n" if lines else ""))
     return len(lines)
 
@@ -92,7 +106,7 @@ def _training_notes(run_dir: Path) -> str:
         if kl:
             shown = {k: v for k, v in {**kl, **kl.get("final", {})}.items() if isinstance(v, (int, float))}
             notes.append(f"- pi_{i} KL step: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(shown.items())))
-        monitor = dpo.get("monitor") if dpo else None
+        monitor = (dpo or kl or {}).get("monitor")
         if monitor and monitor.get("readings"):
             readings = ", ".join(f"{r['step']}: {r['prm_score']:.3f}/{r['success']:.0%}" for r in monitor["readings"])
             notes.append(f"- pi_{i} monitor (step: validation PRM score/success): {readings}; kept the "
@@ -106,7 +120,8 @@ def _plot_monitor(run_dir: Path, iterations: list[Path]) -> None:
     """``plots/reward_hacking.png`` from the monitor readings of every iteration's online DPO, if any."""
     readings, selected = {}, {}
     for iteration in iterations:
-        monitor = _read(iteration / "policy" / "dpo_summary.json").get("monitor")
+        monitor = (_read(iteration / "policy" / "dpo_summary.json")
+                   or _read(iteration / "policy" / "kl_summary.json")).get("monitor")
         if monitor and monitor.get("readings"):
             label = f"pi_{iteration.name.split('_')[1]}"
             readings[label] = monitor["readings"]

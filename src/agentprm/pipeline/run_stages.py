@@ -359,8 +359,10 @@ def kl_policy(ctx: RunContext, out: Path, iteration: int) -> None:
                              f"targets; use branching rollouts (rollouts.branch_states) or targets.key: state")
     else:
         states, prm = prm_states(_policy_states(ctx, iteration)["train"]), load_prm(ctx.prm_path(iteration - 1))
+    validation = monitor_validation(ctx, _policy_states(ctx, iteration)["val"], config.seed) \
+        if config.monitor_every else None
     with MetricsLogger(out / "metrics.jsonl", "kl", iteration, tensorboard_dir=out / "tensorboard") as metrics:
-        train_kl_policy(config, ctx.policy_path(iteration - 1), prm, states, out, c.prompt, metrics)
+        train_kl_policy(config, ctx.policy_path(iteration - 1), prm, states, out, c.prompt, metrics, validation)
 
 
 def monitor_validation(ctx: RunContext, val_states: list, seed: int):

@@ -21,6 +21,11 @@ from typing import Callable
 def run_stage(folder: Path, build: Callable[[Path], None], log: Callable[[str], None] = print) -> Path:
     """Run ``build(partial_folder)`` unless ``folder`` is already complete; return ``folder``."""
     if folder.is_dir():
+        if not (folder / "stage.json").is_file():  # renamed into place only with its marker: edited by hand
+            from agentprm.errors import damaged
+
+            raise damaged(folder, "a stage folder without its completion marker stage.json (copied or edited by "
+                                  "hand?), so it is not reused")
         log(f"[skip] {folder.name} (complete)")
         return folder
     partial = folder.with_name(folder.name + ".partial")
