@@ -77,6 +77,12 @@ def test_a_run_produces_the_papers_table_shape(straight_run):
     pi_1, bon_1 = summary["rows"][2], summary["rows"][4]
     assert (bon_1["success"], bon_1["mean_actions"]) == (pi_1["success"], pi_1["mean_actions"])
     assert bon_1["distinct_candidates"] == 1.0 and 1.0 <= summary["rows"][3]["distinct_candidates"] <= 2.0
+    # the curve's points at N = 1 and N = bon_n are the evaluation stage's episodes, relabelled, not replayed
+    assert "not replayed" in output
+    curve = [json.loads(line) for line in (out / "final_eval/BoN(pi_1,Q_0,N=1).jsonl").read_text().splitlines()]
+    policy = [json.loads(line) for line in (out / "iter_1/eval/pi_1.jsonl").read_text().splitlines()]
+    assert [r["policy_id"] for r in curve] == ["BoN(pi_1,Q_0,N=1)"] * 6
+    assert [[s["action"] for s in r["steps"]] for r in curve] == [[s["action"] for s in r["steps"]] for r in policy]
     for row in summary["rows"]:
         assert 0 <= row["ci95"][0] <= row["success"] <= row["ci95"][1] <= 1 and row["episodes"] == 6
     report = (out / "report.md").read_text()

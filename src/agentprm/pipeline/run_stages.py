@@ -493,13 +493,45 @@ def evaluate_rows(ctx: RunContext, out: Path, rows: list[tuple[str, int, int | N
 
 
 def bon_curve(ctx: RunContext, out: Path) -> None:
-    """Best-of-N success of the final policy with the last PRM for every N of ``eval.bon_curve``."""
+    """Best-of-N success of the final policy with the last PRM for every N of ``eval.bon_curve``.
+
+    A point the last iteration's evaluation already played is copied, not replayed (same agent, games and seed:
+    the same episodes): BoN at ``eval.bon_n``, and N = 1 in admissible mode with candidates at the evaluation
+    temperature, which is the policy row episode for episode (no PRM is consulted)."""
     last = ctx.config.iterations
+    earlier = ctx.dir / f"iter_{last}" / "eval"
+    rows = json.loads((earlier / "rows.json").read_text()) if (earlier / "rows.json").is_file() else []
     results = []
     for n in ctx.config.eval.bon_curve:
         label = row_label("bon", last, last - 1, n)
-        results.append(_evaluate(ctx, out, label, last, last - 1, n))
+        results.append(_reused_row(ctx, earlier, rows, out, label, last, n)
+                       or _evaluate(ctx, out, label, last, last - 1, n))
     (out / "rows.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _reused_row(ctx: RunContext, earlier: Path, rows: list[dict], out: Path, label: str, last: int,
+                n: int) -> dict | None:
+    """The curve's point at N from the evaluation stage's rows and episode records, relabelled; None to play it."""
+    c = ctx.config
+    prm = f"Q_{last - 1}"
+    same = [r for r in rows if r["agent"] == f"pi_{last}" and r["kind"] == "bon" and r["prm"] == prm and r["n"] == n]
+    source = row_label("bon", last, last - 1, n)
+    if not same and n == 1 and c.policy.mode == "admissible" and c.eval.candidate_temperature() == c.eval.temperature:
+        same = [{**r, "kind": "bon", "n": 1, "prm": prm, "distinct_candidates": 1.0} for r in rows
+                if r["agent"] == f"pi_{last}" and r["kind"] == "policy"]
+        source = row_label("policy", last, None, 1)
+    if not same or not (earlier / f"{source}.jsonl").is_file():
+        return None
+    records = []
+    for line in (earlier / f"{source}.jsonl").read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            record["policy_id"] = label
+            records.append(json.dumps(record))
+    (out / f"{label}.jsonl").write_text("\n".join(records) + "\n")
+    row = dict(same[0])
+    ctx.log(f"  {label}: success {row['success']:.1%} (the evaluation stage's episodes, not replayed)")
+    return row
 
 
 # -- summary and report ----------------------------------------------------------------------------------------------
