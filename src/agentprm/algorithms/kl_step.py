@@ -39,6 +39,7 @@ reading's policy (the paper's "best policy on a validation set"; step 0 is pi_{i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -196,7 +197,7 @@ def _update(model, optimizer, accelerator, batch_rows, stars, config: KLStepConf
         if not group:
             continue
         rows = [row for k in group for row in batch_rows[k]]
-        context = accelerator.no_sync(model) if g < len(groups) - 1 else _nullcontext()
+        context = accelerator.no_sync(model) if g < len(groups) - 1 else contextlib.nullcontext()
         with context:
             flat = sequence_logprobs_with_grad(model, [p for p, _ in rows], [r for _, r in rows], pad_id)  # (R,)
             loss, start = flat.new_zeros(()), 0
@@ -210,12 +211,6 @@ def _update(model, optimizer, accelerator, batch_rows, stars, config: KLStepConf
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return logps, float(grad_norm)
-
-
-def _nullcontext():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 class _NoScore:

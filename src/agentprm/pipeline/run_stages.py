@@ -351,6 +351,7 @@ def kl_policy(ctx: RunContext, out: Path, iteration: int) -> None:
 
     c = ctx.config
     config = dataclasses.replace(c.kl, seed=_seed(ctx, "dpo", iteration), progress=c.progress)
+    policy_states = _policy_states(ctx, iteration)
     if config.q_source == "mc":
         states = mc_states(targets_from_parquet(ctx.dir / f"iter_{iteration}" / "targets" / "targets.parquet"))
         prm = None
@@ -358,9 +359,8 @@ def kl_policy(ctx: RunContext, out: Path, iteration: int) -> None:
             raise ValueError(f"kl.q_source: mc found no state with two estimated actions in iteration {iteration}'s "
                              f"targets; use branching rollouts (rollouts.branch_states) or targets.key: state")
     else:
-        states, prm = prm_states(_policy_states(ctx, iteration)["train"]), load_prm(ctx.prm_path(iteration - 1))
-    validation = monitor_validation(ctx, _policy_states(ctx, iteration)["val"], config.seed) \
-        if config.monitor_every else None
+        states, prm = prm_states(policy_states["train"]), load_prm(ctx.prm_path(iteration - 1))
+    validation = monitor_validation(ctx, policy_states["val"], config.seed) if config.monitor_every else None
     with MetricsLogger(out / "metrics.jsonl", "kl", iteration, tensorboard_dir=out / "tensorboard") as metrics:
         train_kl_policy(config, ctx.policy_path(iteration - 1), prm, states, out, c.prompt, metrics, validation)
 
