@@ -27,8 +27,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 VARIANTS: dict[str, list[str]] = {
-    "dpo": [],
-    "dpo_distinct_gap": ["dpo.distinct=true", "dpo.min_gap=0.02"],
+    "dpo": ["policy_step=dpo"],  # explicit: a base config may default to the KL step
+    "dpo_distinct_gap": ["policy_step=dpo", "dpo.distinct=true", "dpo.min_gap=0.02"],
     "kl_0.03": ["policy_step=kl", "kl.beta=0.03"],
     "kl_0.1": ["policy_step=kl", "kl.beta=0.1"],
     "kl_0.3": ["policy_step=kl", "kl.beta=0.3"],

@@ -25,13 +25,14 @@ from pathlib import Path
 
 BRANCHING = ["rollouts.episodes_per_game=1", "rollouts.branch_states=1", "rollouts.branch_actions=3",
              "rollouts.branch_continuations=1"]
+SCALAR = ["prm.kind=scalar"]  # explicit: a base config may default to the implicit PRM
 VARIANTS: dict[str, list[str]] = {
-    "prefix_bce": [],
-    "state_bce": ["targets.key=state"],
-    "state_listwise": ["targets.key=state", "prm.loss=soft_bce+listwise"],
+    "prefix_bce": SCALAR + ["targets.key=prefix", "prm.loss=soft_bce"],
+    "state_bce": SCALAR + ["targets.key=state", "prm.loss=soft_bce"],
+    "state_listwise": SCALAR + ["targets.key=state", "prm.loss=soft_bce+listwise"],
     "implicit": ["prm.kind=implicit"],
-    "branch_prefix_bce": BRANCHING,
-    "branch_state_listwise": BRANCHING + ["targets.key=state", "prm.loss=soft_bce+listwise"],
+    "branch_prefix_bce": BRANCHING + SCALAR + ["targets.key=prefix", "prm.loss=soft_bce"],
+    "branch_state_listwise": BRANCHING + SCALAR + ["targets.key=state", "prm.loss=soft_bce+listwise"],
     "branch_implicit": BRANCHING + ["prm.kind=implicit"],
 }
 SHARED = ("games", "demos", "model_init", "iter_0")
