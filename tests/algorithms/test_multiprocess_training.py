@@ -120,5 +120,6 @@ def test_trainer_mains_refuse_a_bad_override_naming_the_key(module, tmp_path, ca
     for override, key in (("lr=fast", "lr"), ("no_such_key=1", "no_such_key")):
         with pytest.raises(SystemExit) as exited:
             main([*args, override])
-        assert exited.value.code == 2 and key in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert exited.value.code == 2 and key in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()

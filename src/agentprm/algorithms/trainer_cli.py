@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -16,8 +17,8 @@ T = TypeVar("T")
 def trainer_arguments(module: str, doc: str | None, config_cls: type[T], positionals: Sequence[tuple[str, str]],
                       argv: Sequence[str] | None) -> tuple[argparse.Namespace, T, PromptConfig]:
     """Parse a trainer's arguments: the named positionals, then ``key=value`` overrides of ``config_cls`` and the
-    policy's prompt template. Returns (arguments, config, prompt config); a bad key or value exits with status 2,
-    the usage line and the key's name, before any file is read or model loaded."""
+    policy's prompt template. Returns (arguments, config, prompt config); a bad key or value exits with status 2
+    and one line on stderr naming the key, before any file is read or model loaded (as ``agentprm``'s commands)."""
     parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, text in positionals:
@@ -28,5 +29,6 @@ def trainer_arguments(module: str, doc: str | None, config_cls: type[T], positio
     try:
         config = load_config(config_cls, {}, args.overrides)
     except ConfigError as error:
-        parser.error(str(error))
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     return args, config, PromptConfig(template=args.template)
