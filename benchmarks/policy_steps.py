@@ -39,19 +39,10 @@ SHARED = ("games", "demos", "model_init", "iter_0", "iter_1/rollouts", "iter_1/t
 
 
 def prepare(base: Path, folder: Path, overrides: list[str]) -> None:
-    import yaml
+    """The variant's run folder: the base's stages up to iteration 1's PRM as hard links (no variant rewrites them)."""
+    from prm_variants import copy_base
 
-    from agentprm.config import load_config, to_dict
-    from agentprm.pipeline.run_config import RunConfig
-
-    config = load_config(RunConfig, base / "config.yaml", ["iterations=1", *overrides])
-    config.validate()
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=True))
-    for name in SHARED:
-        if not (folder / name).exists():
-            (folder / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(base / name, folder / name, symlinks=True, copy_function=os.link)
+    copy_base(base, folder, overrides, SHARED, copy_function=os.link)
 
 
 def train(folder: Path, name: str) -> float:

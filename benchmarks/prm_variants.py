@@ -43,9 +43,11 @@ def rollout_key(overrides: list[str]) -> tuple[str, ...]:
     return tuple(sorted(o for o in overrides if o.startswith("rollouts.")))
 
 
-def prepare(base: Path, folder: Path, overrides: list[str], donor: Path | None) -> None:
-    """The variant's run folder: the base's shared stages, its config with the overrides, and the donor's
-    rollouts when a variant with the same rollout settings built them already."""
+def copy_base(base: Path, folder: Path, overrides: list[str], shared: tuple[str, ...], copy_function=shutil.copy2
+              ) -> None:
+    """A variant's run folder: the base's config with ``iterations=1`` and the overrides (validated), and the
+    base's finished stages ``shared`` (paths under the run folder) copied with ``copy_function`` (``os.link``: hard
+    links, for stages no variant rewrites)."""
     import yaml
 
     from agentprm.config import load_config, to_dict
@@ -55,9 +57,16 @@ def prepare(base: Path, folder: Path, overrides: list[str], donor: Path | None) 
     config.validate()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=True))
-    for name in SHARED:
+    for name in shared:
         if not (folder / name).exists():
-            shutil.copytree(base / name, folder / name, symlinks=True)
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(base / name, folder / name, symlinks=True, copy_function=copy_function)
+
+
+def prepare(base: Path, folder: Path, overrides: list[str], donor: Path | None) -> None:
+    """The variant's run folder (:func:`copy_base`) and the donor's rollouts when a variant with the same rollout
+    settings built them already."""
+    copy_base(base, folder, overrides, SHARED)
     if donor is not None and not (folder / "iter_1" / "rollouts").exists():
         shutil.copytree(donor / "iter_1" / "rollouts", folder / "iter_1" / "rollouts")
 
