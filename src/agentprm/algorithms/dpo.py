@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from agentprm.algorithms.sft_data import IGNORE_INDEX, Example, collate
+from agentprm.models.device import autocast
 
 __all__ = [
     "INVALID_SCORE",
@@ -137,7 +138,8 @@ def select_dpo_pairs(candidates_per_state: Sequence[Sequence[ScoredResponse]], m
 
 
 def sequence_logprobs_with_grad(
-    model: Any, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], pad_id: int = 0
+    model: Any, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], pad_id: int = 0,
+    precision: str = "fp32",
 ) -> Tensor:
     """``log pi(response | prompt)`` per row, ``(B,)`` float32, differentiable w.r.t. ``model``'s parameters.
 
@@ -146,6 +148,7 @@ def sequence_logprobs_with_grad(
     Teacher forced on ``prompt + response`` ids, right-padded as :func:`sft_data.collate` (labels -100 outside
     the response). No attention mask: with right padding a causal model never lets a real token see the pads
     after it. The model's train/eval mode is left as the caller set it (the trainer uses eval: no dropout).
+    ``precision: bf16`` runs the forward pass under bf16 autocast (models/device.py); the sums stay fp32.
     """
     if len(prompt_ids) != len(response_ids) or not prompt_ids:
         raise ValueError(f"need equally many prompts and responses (>= 1), got {len(prompt_ids)}, {len(response_ids)}")
@@ -155,7 +158,8 @@ def sequence_logprobs_with_grad(
     device = next(model.parameters()).device
     input_ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)  # (B, L)
     first = min(len(p) for p in prompt_ids) - 1  # no response token is predicted before this column
-    logits = model(input_ids=input_ids).logits[:, first:-1].float()  # (B, L - 1 - first, V)
+    with autocast(device, precision):
+        logits = model(input_ids=input_ids).logits[:, first:-1].float()  # (B, L - 1 - first, V)
     targets = labels[:, first + 1:]  # (B, L - 1 - first)
     in_response = targets != IGNORE_INDEX
     picked = logits.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T)

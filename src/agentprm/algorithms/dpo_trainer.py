@@ -67,6 +67,7 @@ from agentprm.algorithms.dpo import (
 from agentprm.algorithms.dpo_monitor import MonitorReading, RewardHackingMonitor
 from agentprm.config import above, at_least
 from agentprm.metrics import MetricsLogger
+from agentprm.models.device import resolve_device
 from agentprm.models.parser import parse_response
 from agentprm.models.policy import Policy, Sample, encode_prompts
 from agentprm.models.prompts import PromptConfig, PromptState, candidate_actions, format_response, render_prompt
@@ -201,17 +202,18 @@ def _usable_states(states: Sequence[PromptState], mode: str) -> list[PromptState
 
 
 def _logprobs_no_grad(model: torch.nn.Module, rows: list[tuple[list[int], tuple[int, ...]]], pad_id: int,
-                      chunk: int = 32) -> list[float]:
+                      chunk: int = 32, precision: str = "fp32") -> list[float]:
     out: list[float] = []
     with torch.no_grad():
         for start in range(0, len(rows), chunk):
             part = rows[start:start + chunk]
-            out += sequence_logprobs_with_grad(model, [p for p, _ in part], [r for _, r in part], pad_id).tolist()
+            out += sequence_logprobs_with_grad(model, [p for p, _ in part], [r for _, r in part], pad_id,
+                                               precision).tolist()
     return out
 
 
 def _dpo_update(model, optimizer, accelerator, pairs, prompt_ids, ref_logps, config: DPOConfig,
-                pad_id: int) -> dict[str, float]:
+                pad_id: int, precision: str = "fp32") -> dict[str, float]:
     """One optimiser step on ``pairs`` (this process's share of them); returns the step's loss and DPO statistics
     over all pairs."""
     from agentprm.algorithms.sft import process_share
@@ -228,7 +230,8 @@ def _dpo_update(model, optimizer, accelerator, pairs, prompt_ids, ref_logps, con
         with contextlib.nullcontext() if k == len(chunks) - 1 else accelerator.no_sync(model):
             prompts = [prompt_ids[pairs[i].state_index] for i in part]
             logps = sequence_logprobs_with_grad(model, prompts * 2, [pairs[i].chosen.token_ids for i in part]
-                                                + [pairs[i].rejected.token_ids for i in part], pad_id).cpu()  # (2c,)
+                                                + [pairs[i].rejected.token_ids for i in part], pad_id,
+                                                precision).cpu()  # (2c,)
             loss, _ = dpo_loss(logps[:len(part)], logps[len(part):], ref_c[index], ref_r[index], config.beta)
             accelerator.backward(loss * len(part) * factor * accelerator.num_processes / len(pairs))
         if factor:
@@ -275,7 +278,7 @@ def _one_step(step, policy, reference, prm, states, config, prompt_config, optim
 
     prompt_ids = encode_prompts(policy.tokenizer, prompts)
     rows = [(prompt_ids[i], r.token_ids) for i, row in enumerate(scored) for r in row]
-    flat_ref = _logprobs_no_grad(reference.model, rows, reference.pad_id)
+    flat_ref = _logprobs_no_grad(reference.model, rows, reference.pad_id, precision=reference.precision)
     offsets = [0]
     for row in scored:
         offsets.append(offsets[-1] + len(row))
@@ -288,7 +291,7 @@ def _one_step(step, policy, reference, prm, states, config, prompt_config, optim
               "pair_fraction": len(pairs) / len(batch)}
     if pairs:
         values |= _dpo_update(train_model, optimizer, accelerator, pairs, prompt_ids, ref_logps, config,
-                              policy.pad_id)
+                              policy.pad_id, policy.precision)
     return values
 
 
@@ -387,21 +390,23 @@ class _Watch:
 def train_online_dpo(config: DPOConfig, policy_path: str | Path, prm: ResponseScorer,
                      states: Sequence[PromptState], out_dir: str | Path,
                      prompt_config: PromptConfig | None = None, metrics: MetricsLogger | None = None,
-                     validation: DPOValidation | None = None) -> dict:
-    """pi_i = online DPO from the checkpoint ``policy_path`` (also the frozen reference pi_{i-1}) against ``prm``.
+                     validation: DPOValidation | None = None, device: str = "auto",
+                     precision: str = "fp32") -> dict:
+    """pi_i = online DPO from the checkpoint ``policy_path`` (also the frozen reference pi_{i-1}) against ``prm``,
+    on ``device`` in ``precision`` (models/device.py).
 
     Writes ``out_dir/model`` (``save_pretrained`` model + tokenizer, atomically), ``out_dir/dpo_summary.json``
     and, unless ``metrics`` is given, ``out_dir/metrics.jsonl`` and ``out_dir/tensorboard``. Returns the summary.
     """
     config.validate()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     torch.manual_seed(config.seed)
-    policy = Policy.from_pretrained(policy_path, device=device)
-    reference = Policy.from_pretrained(policy_path, device=device)
+    policy = Policy.from_pretrained(policy_path, device=device, precision=precision)
+    reference = Policy.from_pretrained(policy_path, device=device, precision=precision)
     out = Path(out_dir)
     from accelerate import PartialState
 
-    state = PartialState(cpu=device == "cpu")  # as the loop's Accelerator: the first one made sets the process group
+    state = PartialState(cpu=device.type == "cpu")  # as the loop's Accelerator: the first one made sets the process group
     own_metrics = metrics is None
     if metrics is None:
         metrics = MetricsLogger(out / "metrics.jsonl", "dpo", tensorboard_dir=out / "tensorboard",

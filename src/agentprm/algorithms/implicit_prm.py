@@ -39,6 +39,7 @@ from agentprm.algorithms.sft import batch_order, lr_lambda
 from agentprm.algorithms.sft_data import in_validation
 from agentprm.data import TrajectoryRecord
 from agentprm.metrics import MetricsLogger
+from agentprm.models.device import autocast, resolve_device
 from agentprm.models.policy import encode_responses, left_pad, position_ids_from_mask
 from agentprm.models.prompts import PromptConfig, PromptState, encode_prompts_within, render_prompt
 
@@ -84,14 +85,16 @@ def episode_steps(records: Sequence[TrajectoryRecord], tokenizer: Any, prompt: P
 
 
 def response_logprobs(model: Any, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int,
-                      device: Any) -> torch.Tensor:
+                      device: Any, precision: str = "fp32") -> torch.Tensor:
     """sum_t log pi(response_t | prompt, response_<t) per (prompt ids, response ids) pair, with grad -> (B,).
-    The definition of ``Policy.sequence_logprobs`` (temperature 1, raw logits)."""
+    The definition of ``Policy.sequence_logprobs`` (temperature 1, raw logits); ``precision: bf16`` runs the
+    forward pass under bf16 autocast (models/device.py)."""
     ids, mask = left_pad([p + r for p, r in pairs], pad_id, device)  # (B, L)
     resp_len = torch.tensor([len(r) for _, r in pairs], device=device)  # (B,)
     max_r = int(resp_len.max())
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
-                   logits_to_keep=max_r + 1, use_cache=False).logits.float()  # (B, max_r + 1, V)
+    with autocast(device, precision):
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                       logits_to_keep=max_r + 1, use_cache=False).logits.float()  # (B, max_r + 1, V)
     targets = ids[:, -max_r:]  # (B, max_r)
     tok_lp = logits[:, :-1].log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, max_r)
     in_response = torch.arange(max_r, device=device).unsqueeze(0) >= (max_r - resp_len).unsqueeze(1)
@@ -99,40 +102,42 @@ def response_logprobs(model: Any, pairs: Sequence[tuple[list[int], list[int]]], 
 
 
 def _flat_logprobs(model: Any, pairs: list[tuple[list[int], list[int]]], pad_id: int, device: Any,
-                   chunk: int) -> torch.Tensor:
+                   chunk: int, precision: str = "fp32") -> torch.Tensor:
     """Log-probs of many pairs without gradient, length-sorted chunks -> (N,)."""
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
     out = torch.zeros(len(pairs), dtype=torch.float64)
     with torch.no_grad():
         for start in range(0, len(order), chunk):
             idx = order[start:start + chunk]
-            out[idx] = response_logprobs(model, [pairs[i] for i in idx], pad_id, device).double().cpu()
+            out[idx] = response_logprobs(model, [pairs[i] for i in idx], pad_id, device, precision).double().cpu()
     return out
 
 
 def outcome_backward(model: Any, pairs: list[tuple[list[int], list[int]]], owner: torch.Tensor,
                      labels: torch.Tensor, ref_logprobs: torch.Tensor, beta: float, weight: float, pad_id: int,
-                     device: Any, chunk: int) -> float:
+                     device: Any, chunk: int, precision: str = "fp32") -> float:
     """Accumulate ``weight`` * grad of :func:`outcome_loss` (z = beta (log pi_phi - log pi_ref) per step) into the
     model's gradients, in the two chunked passes of the module doc; return the loss summed over the E episodes. ``owner`` (S,) maps steps to episodes, ``labels`` (E,), ``ref_logprobs`` (S,)."""
-    z = beta * (_flat_logprobs(model, pairs, pad_id, device, chunk) - ref_logprobs)  # (S,) float64, no grad
+    z = beta * (_flat_logprobs(model, pairs, pad_id, device, chunk, precision) - ref_logprobs)  # (S,) f64, no grad
     r = torch.zeros(labels.shape[0], dtype=torch.float64).index_add(0, owner, z)  # (E,)
     loss = float(F.binary_cross_entropy_with_logits(r, labels, reduction="sum"))
     coefficient = weight * beta * (torch.sigmoid(r) - labels) / labels.shape[0]  # (E,): dL/dz of each episode's steps
     for start in range(0, len(pairs), chunk):
         part = slice(start, start + chunk)
-        lp = response_logprobs(model, pairs[part], pad_id, device)  # (C,)
+        lp = response_logprobs(model, pairs[part], pad_id, device, precision)  # (C,)
         (coefficient[owner[part]].to(device=device, dtype=lp.dtype) * lp).sum().backward()
     return loss
 
 
 def train_implicit_prm(config: Any, records: Sequence[TrajectoryRecord], init_model_path: str | Path,
                        out_dir: str | Path, prompt: PromptConfig, val_targets: Sequence[Any] = (),
-                       val_fraction: float = 0.1, metrics: MetricsLogger | None = None, iteration: int = 0) -> dict:
+                       val_fraction: float = 0.1, metrics: MetricsLogger | None = None, iteration: int = 0,
+                       device: str = "auto", precision: str = "fp32") -> dict:
     """Train phi (from ``init_model_path``, also the reference) on the outcomes of the training games' episodes;
     save the implicit PRM to ``out_dir/model``; report on ``val_targets`` as the scalar PRM does. ``config`` is a
     ``PRMTrainConfig`` (lr, epochs or max_steps, batch_size = EPISODES per micro-batch, grad_accum, warm-up,
-    weight decay, clipping, eval_batch_size = sequences per chunk, seed, beta)."""
+    weight decay, clipping, eval_batch_size = sequences per chunk, seed, beta); on ``device`` in ``precision``
+    (models/device.py)."""
     from tqdm import tqdm
 
     from agentprm.algorithms.prm_training import PRMTrainError
@@ -143,8 +148,8 @@ def train_implicit_prm(config: Any, records: Sequence[TrajectoryRecord], init_mo
     config.validate()
     out = Path(out_dir)
     torch.manual_seed(config.seed)
-    reference = Policy.from_pretrained(init_model_path)
-    phi = Policy.from_pretrained(init_model_path)
+    reference = Policy.from_pretrained(init_model_path, device=resolve_device(device), precision=precision)
+    phi = Policy.from_pretrained(init_model_path, device=resolve_device(device), precision=precision)
     device, pad_id = phi.device, phi.pad_id
     train_records = [r for r in records if not in_validation(r.game_id, val_fraction)]
     episodes = episode_steps(train_records, phi.tokenizer, prompt, config.max_length)
@@ -155,7 +160,7 @@ def train_implicit_prm(config: Any, records: Sequence[TrajectoryRecord], init_mo
     offsets = [0]
     for e in episodes:
         offsets.append(offsets[-1] + len(e.steps))
-    ref_lp = _flat_logprobs(reference.model, flat, pad_id, device, config.eval_batch_size)  # (N,)
+    ref_lp = _flat_logprobs(reference.model, flat, pad_id, device, config.eval_batch_size, precision)  # (N,)
     beta = config.beta
 
     model = phi.model
@@ -183,7 +188,7 @@ def train_implicit_prm(config: Any, records: Sequence[TrajectoryRecord], init_mo
                 owner = torch.tensor([j for j, e in enumerate(batch) for _ in range(offsets[e], offsets[e + 1])])
                 labels = torch.tensor([float(episodes[e].won) for e in batch], dtype=torch.float64)
                 loss_sum += outcome_backward(model, [flat[k] for k in rows], owner, labels, ref_lp[rows], beta,
-                                             len(batch) / size, pad_id, device, config.eval_batch_size)
+                                             len(batch) / size, pad_id, device, config.eval_batch_size, precision)
             if config.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()

@@ -54,6 +54,7 @@ from torch import Tensor
 from agentprm.algorithms.dpo import sequence_logprobs_with_grad
 from agentprm.config import above, at_least
 from agentprm.metrics import MetricsLogger
+from agentprm.models.device import resolve_device
 from agentprm.models.policy import Policy, encode_prompts, encode_responses
 from agentprm.models.prompts import PromptConfig, PromptState, candidate_actions, format_response, render_prompt
 
@@ -182,7 +183,7 @@ def _targets(batch: Sequence[KLState], prompts: list[str], responses: list[list[
 
 
 def _update(model, optimizer, accelerator, batch_rows, stars, config: KLStepConfig, pad_id: int,
-            num_states: int) -> tuple[list[Tensor], float]:
+            num_states: int, precision: str = "fp32") -> tuple[list[Tensor], float]:
     """One optimiser step: forward/backward over groups of whole states (<= rows_per_forward rows when a state
     allows); returns each local state's log p_theta (detached) and the gradient norm."""
     groups: list[list[int]] = [[]]
@@ -199,7 +200,8 @@ def _update(model, optimizer, accelerator, batch_rows, stars, config: KLStepConf
         rows = [row for k in group for row in batch_rows[k]]
         context = accelerator.no_sync(model) if g < len(groups) - 1 else contextlib.nullcontext()
         with context:
-            flat = sequence_logprobs_with_grad(model, [p for p, _ in rows], [r for _, r in rows], pad_id)  # (R,)
+            flat = sequence_logprobs_with_grad(model, [p for p, _ in rows], [r for _, r in rows], pad_id,
+                                               precision)  # (R,)
             loss, start = flat.new_zeros(()), 0
             for k in group:
                 part = flat[start:start + len(batch_rows[k])].double()
@@ -273,7 +275,7 @@ def kl_step_loop(config: KLStepConfig, policy: Policy, reference: Policy, prm: R
                 for k in range(len(local))]
         stars_weighted = [s * weight for s in stars]
         logps, grad_norm = _update(train_model, optimizer, accelerator, rows, stars_weighted, config, policy.pad_id,
-                                   len(batch))
+                                   len(batch), policy.precision)
         values = _step_values(prevs, qs, stars, logps, config.beta) if share else {}
         values = _mean_over_processes(accelerator, values, len(share))
         values["grad_norm"] = grad_norm
@@ -355,20 +357,22 @@ def mc_states(targets: Sequence) -> list[KLState]:
 
 def train_kl_policy(config: KLStepConfig, policy_path: str | Path, prm: ResponseScorer | None,
                     states: Sequence[KLState], out_dir: str | Path, prompt_config: PromptConfig | None = None,
-                    metrics: MetricsLogger | None = None, validation=None) -> dict:
+                    metrics: MetricsLogger | None = None, validation=None, device: str = "auto",
+                    precision: str = "fp32") -> dict:
     """pi_i = the exact KL step from the checkpoint ``policy_path`` (also the frozen pi_{i-1}) with Q from ``prm``
-    (or the states' own Q). Writes ``out_dir/model`` (atomically) and ``out_dir/kl_summary.json``."""
+    (or the states' own Q), on ``device`` in ``precision`` (models/device.py). Writes ``out_dir/model``
+    (atomically) and ``out_dir/kl_summary.json``."""
     from accelerate import PartialState
 
     from agentprm.algorithms.dpo_trainer import _save_model_atomic
 
     config.validate()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     torch.manual_seed(config.seed)
-    policy = Policy.from_pretrained(policy_path, device=device)
-    reference = Policy.from_pretrained(policy_path, device=device)
+    policy = Policy.from_pretrained(policy_path, device=device, precision=precision)
+    reference = Policy.from_pretrained(policy_path, device=device, precision=precision)
     out = Path(out_dir)
-    state = PartialState(cpu=device == "cpu")
+    state = PartialState(cpu=device.type == "cpu")
     own_metrics = metrics is None
     if metrics is None:
         metrics = MetricsLogger(out / "metrics.jsonl", "kl", enabled=state.is_main_process)

@@ -61,6 +61,7 @@ from agentprm.algorithms.mc_targets import QTarget, state_counts, state_from_tar
 from agentprm.algorithms.sft import batch_order, lr_lambda, process_share
 from agentprm.config import above, at_least, between
 from agentprm.metrics import MetricsLogger
+from agentprm.models.device import resolve_device
 from agentprm.models.policy import encode_responses, eval_no_grad, left_pad
 from agentprm.models.prompts import PromptConfig, encode_prompts_within
 
@@ -358,7 +359,7 @@ def predict_scores(module: torch.nn.Module, sequences: Sequence[list[int]], pad_
     return scores
 
 
-def _load_prm(config: PRMTrainConfig, init_model_path: str | Path, device: Any) -> Any:
+def _load_prm(config: PRMTrainConfig, init_model_path: str | Path, device: Any, precision: str = "fp32") -> Any:
     from transformers import AutoConfig, AutoTokenizer
 
     from agentprm.models.checkpoints import check_model_source
@@ -370,9 +371,10 @@ def _load_prm(config: PRMTrainConfig, init_model_path: str | Path, device: Any) 
         raise PRMTrainError(f"PRM init model: {error}") from None
     torch.manual_seed(config.seed)
     if config.init == "policy":
-        return ProcessRewardModel.from_policy(source, device=device)
+        return ProcessRewardModel.from_policy(source, device=device, precision=precision)
     tokenizer = AutoTokenizer.from_pretrained(source)
-    return ProcessRewardModel.from_scratch(tokenizer, AutoConfig.from_pretrained(source), device=device)
+    return ProcessRewardModel.from_scratch(tokenizer, AutoConfig.from_pretrained(source), device=device,
+                                           precision=precision)
 
 
 def training_items(config: PRMTrainConfig, train: Sequence[QTarget]) -> list:
@@ -422,8 +424,10 @@ def _save_model_atomic(prm: Any, folder: Path, card: dict[str, Any]) -> None:
 
 
 def train_prm(config: PRMTrainConfig, targets: list[QTarget], init_model_path: str | Path, out_dir: str | Path,
-              prompt_config: PromptConfig, metrics: MetricsLogger | None = None, iteration: int = 0) -> dict:
+              prompt_config: PromptConfig, metrics: MetricsLogger | None = None, iteration: int = 0,
+              device: str = "auto", precision: str = "fp32") -> dict:
     """Train a PRM on the "train" targets, validate on the "val" ones, save ``out_dir/model``; return a summary.
+    Runs on ``device`` in ``precision`` (models/device.py: bf16 autocast in every forward pass).
 
     ``metrics``: a logger to write to (e.g. the run's); default ``out_dir/metrics.jsonl`` with stage "prm" and
     ``iteration``.
@@ -438,9 +442,9 @@ def train_prm(config: PRMTrainConfig, targets: list[QTarget], init_model_path: s
     if not items:
         raise PRMTrainError(f"no training {'pairs' if config.loss == 'bradley_terry' else 'targets'} "
                             f"({len(train)} train targets; bt_delta={config.bt_delta})")
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=resolve_device(device).type == "cpu")
     device = accelerator.device
-    prm = _load_prm(config, init_model_path, device)
+    prm = _load_prm(config, init_model_path, device, precision)
     train_seqs = encode_targets(train, prm.tokenizer, prompt_config, config.max_length)
     lengths = None
     if config.group_by_length:  # a pair or a state group costs as much as its longest sequence

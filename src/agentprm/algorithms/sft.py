@@ -32,6 +32,7 @@ from agentprm.config import above, at_least, between
 from agentprm.data import read_trajectories
 from agentprm.metrics import MetricsLogger
 from agentprm.models.checkpoints import check_model_source
+from agentprm.models.device import autocast, resolve_device
 from agentprm.models.prompts import PromptConfig
 
 
@@ -203,9 +204,12 @@ def _save_atomic(folder: Path, write) -> None:
         write(staging)
 
 
-def train_sft(config: SFTConfig, stop_after: int | None = None) -> dict:
-    """Train; return a summary. ``stop_after`` stops (with a checkpoint) after that many optimiser steps in this
-    call, as an interruption would; a later call with the same config resumes from the checkpoint."""
+def train_sft(config: SFTConfig, stop_after: int | None = None, device: str = "auto") -> dict:
+    """Train on ``device`` (models/device.py); return a summary. ``stop_after`` stops (with a checkpoint) after that
+    many optimiser steps in this call, as an interruption would; a later call with the same config resumes from the
+    checkpoint. ``mixed_precision: bf16`` is this project's autocast (models/device.py), which leaves accelerate's
+    process-wide state alone so that later stages in the same process keep their own precision; fp16 (which needs
+    a loss scaler) is accelerate's."""
     from accelerate import Accelerator
     from tqdm import tqdm
 
@@ -217,7 +221,9 @@ def train_sft(config: SFTConfig, stop_after: int | None = None) -> dict:
     model, tokenizer = _load_model(config)
     train, val = load_examples(config, tokenizer)
     lengths = [len(example) for example in train] if config.group_by_length else None
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
+    bf16 = config.mixed_precision == "bf16"
+    accelerator = Accelerator(mixed_precision=None if bf16 else config.mixed_precision,
+                              cpu=resolve_device(device).type == "cpu")
 
     # -- schedule ----------------------------------------------------------------------------------------------------
     micro_per_epoch = math.ceil(len(train) / config.batch_size)
@@ -252,7 +258,7 @@ def train_sft(config: SFTConfig, stop_after: int | None = None) -> dict:
         for index, batch in enumerate(collated):
             sync = index == len(collated) - 1
             context = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
-            with context, accelerator.autocast():
+            with context, accelerator.autocast(), autocast(accelerator.device, "bf16" if bf16 else "fp32"):
                 logits = model(input_ids=batch["input_ids"].to(accelerator.device)).logits
                 nll, _ = response_nll(logits, batch["labels"].to(accelerator.device))
                 loss = nll * factor * accelerator.num_processes / window_tokens

@@ -44,13 +44,13 @@ class ImplicitPRM:
         return cls(Policy.from_pretrained(path, device=device), Policy.from_pretrained(path, device=device), beta)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str = "cpu") -> "ImplicitPRM":
+    def from_pretrained(cls, path: str | Path, device: str = "cpu", precision: str = "fp32") -> "ImplicitPRM":
         folder = Path(path)
         card = _card(folder)
         if card.get("kind") != KIND:
             raise ValueError(f"{folder} is not an implicit PRM (agentprm_prm.json kind {card.get('kind')!r})")
-        return cls(Policy.from_pretrained(folder / "policy", device=device),
-                   Policy.from_pretrained(folder / "reference", device=device), card["beta"])
+        return cls(Policy.from_pretrained(folder / "policy", device=device, precision=precision),
+                   Policy.from_pretrained(folder / "reference", device=device, precision=precision), card["beta"])
 
     def save_pretrained(self, path: str | Path, extra: dict | None = None) -> None:
         folder = Path(path)
@@ -96,11 +96,12 @@ def _card(folder: Path) -> dict[str, Any]:
                          f"--redo`)") from None
 
 
-def load_prm(path: str | Path, device: str = "cpu") -> Any:
-    """A PRM folder of either kind: an implicit PRM, or a scalar-head ``ProcessRewardModel``."""
+def load_prm(path: str | Path, device: str = "cpu", precision: str = "fp32") -> Any:
+    """A PRM folder of either kind: an implicit PRM, or a scalar-head ``ProcessRewardModel``, scoring on ``device``
+    in ``precision`` (models/device.py)."""
     from agentprm.models.prm import ProcessRewardModel
 
     folder = Path(path)
     if folder.is_dir() and _card(folder).get("kind") == KIND:
-        return ImplicitPRM.from_pretrained(folder, device=device)
-    return ProcessRewardModel.from_pretrained(path, device=device)
+        return ImplicitPRM.from_pretrained(folder, device=device, precision=precision)
+    return ProcessRewardModel.from_pretrained(path, device=device, precision=precision)

@@ -41,6 +41,8 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import Tensor
 
+from agentprm.models.device import autocast, check_precision
+
 __all__ = [
     "Sample",
     "Policy",
@@ -255,10 +257,11 @@ class Sample:
 class Policy:
     """A Hugging Face decoder-only causal LM + tokenizer used as an agent policy."""
 
-    def __init__(self, model: Any, tokenizer: Any, device: str | torch.device = "cpu") -> None:
+    def __init__(self, model: Any, tokenizer: Any, device: str | torch.device = "cpu", precision: str = "fp32") -> None:
         if tokenizer.eos_token_id is None:
             raise ValueError("tokenizer must define an eos_token (responses end with EOS)")
         self.device = torch.device(device)
+        self.precision = check_precision(precision)  # bf16: every forward pass under autocast (models/device.py)
         self.model = model.to(self.device)
         self.tokenizer = tokenizer
         self.eos_id: int = int(tokenizer.eos_token_id)
@@ -271,9 +274,11 @@ class Policy:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+        cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+        precision: str = "fp32",
     ) -> "Policy":
-        """Load model + tokenizer from a checkpoint folder (any HF causal LM) or a hub id where downloads work."""
+        """Load model + tokenizer from a checkpoint folder (any HF causal LM) or a hub id where downloads work;
+        ``precision: bf16`` runs the forward passes under bf16 autocast on fp32 weights."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from agentprm.models.checkpoints import LOAD_ERRORS, check_model_source, load_error
@@ -284,7 +289,7 @@ class Policy:
             tokenizer = AutoTokenizer.from_pretrained(source)
         except LOAD_ERRORS as error:
             raise load_error(source, error) from None
-        return cls(model, tokenizer, device=device)
+        return cls(model, tokenizer, device=device, precision=precision)
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write model weights/config and tokenizer files into ``path`` (created if missing)."""
@@ -303,9 +308,10 @@ class Policy:
             kwargs["cache"] = cache
         if keep and self._has_logits_to_keep:
             kwargs["logits_to_keep"] = keep
-        out = self.model(**kwargs)
+        with autocast(self.device, self.precision):
+            out = self.model(**kwargs)
         logits = out.logits[:, -keep:] if keep else out.logits
-        return logits, out.cache
+        return logits.float(), out.cache
 
     def _prefill(self, prompt_ids: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor, Any]:
         """Run left-padded prompts once -> (next-token logits (B, V), mask (B, P), cache)."""

@@ -44,6 +44,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from agentprm.models.device import autocast, check_precision
 from agentprm.models.policy import (
     Policy,
     encode_prompts,
@@ -91,7 +92,7 @@ def _init_head(model: Any, head_init: str) -> None:
 class ProcessRewardModel:
     """Scalar-head transformer scoring (prompt, response) pairs; see the module docstring."""
 
-    def __init__(self, model: Any, tokenizer: Any, device: str | torch.device = "cpu") -> None:
+    def __init__(self, model: Any, tokenizer: Any, device: str | torch.device = "cpu", precision: str = "fp32") -> None:
         inner = _unwrap(model)
         if not isinstance(getattr(inner, "score", None), torch.nn.Module):
             raise ValueError(f"{type(inner).__name__} has no `score` head; use an AutoModelForSequenceClassification")
@@ -100,6 +101,7 @@ class ProcessRewardModel:
         if getattr(inner.config, "num_labels", 1) != 1:
             raise ValueError(f"PRM needs num_labels=1, got {inner.config.num_labels}")
         self.device = torch.device(device)
+        self.precision = check_precision(precision)  # bf16: scoring passes under autocast (models/device.py)
         self.model = model.to(self.device)
         self.tokenizer = tokenizer
         pad = tokenizer.pad_token_id
@@ -111,9 +113,10 @@ class ProcessRewardModel:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+        cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+        precision: str = "fp32",
     ) -> "ProcessRewardModel":
-        """Load a PRM saved by :meth:`save_pretrained`."""
+        """Load a PRM saved by :meth:`save_pretrained` (``precision: bf16``: scoring under bf16 autocast)."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from agentprm.models.checkpoints import LOAD_ERRORS, load_error
@@ -124,7 +127,7 @@ class ProcessRewardModel:
             tokenizer = AutoTokenizer.from_pretrained(folder)
         except LOAD_ERRORS as error:
             raise load_error(str(folder), error) from None
-        return cls(model, tokenizer, device=device)
+        return cls(model, tokenizer, device=device, precision=precision)
 
     @classmethod
     def from_policy(
@@ -134,6 +137,7 @@ class ProcessRewardModel:
         device: str | torch.device = "cpu",
         head_init: str = "zero",
         dtype: torch.dtype = torch.float32,
+        precision: str = "fp32",
     ) -> "ProcessRewardModel":
         """Backbone copied from a causal LM (folder path, :class:`Policy` or model object), new head.
 
@@ -157,16 +161,17 @@ class ProcessRewardModel:
             model.base_model.load_state_dict(causal.base_model.state_dict())
             model = model.to(dtype=next(causal.parameters()).dtype)
         _init_head(model, head_init)
-        return cls(model, tokenizer, device=device)
+        return cls(model, tokenizer, device=device, precision=precision)
 
     @classmethod
     def from_scratch(
-        cls, tokenizer: Any, config: Any, device: str | torch.device = "cpu", head_init: str = "zero"
+        cls, tokenizer: Any, config: Any, device: str | torch.device = "cpu", head_init: str = "zero",
+        precision: str = "fp32",
     ) -> "ProcessRewardModel":
         """Randomly initialised backbone from a transformers config (e.g. ``LlamaConfig``)."""
         model = _seq_cls_from_config(config, tokenizer)
         _init_head(model, head_init)
-        return cls(model, tokenizer, device=device)
+        return cls(model, tokenizer, device=device, precision=precision)
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write model weights/config and tokenizer files into ``path`` (created if missing)."""
@@ -191,11 +196,12 @@ class ProcessRewardModel:
     def forward_ids(self, ids: Tensor, mask: Tensor) -> Tensor:
         """Head logit at the last column of LEFT-padded ``ids``/``mask`` (B, L) -> (B,) float32."""
         inner = _unwrap(self.model)
-        out = inner.base_model(
-            input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False
-        )
-        hidden = out.last_hidden_state[:, -1]  # (B, H): final EOS of every row
-        return inner.score(hidden).squeeze(-1).float()  # (B,)
+        with autocast(self.device, self.precision):
+            out = inner.base_model(
+                input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False
+            )
+            hidden = out.last_hidden_state[:, -1]  # (B, H): final EOS of every row
+            return inner.score(hidden).squeeze(-1).float()  # (B,)
 
     def logits(self, prompts: Sequence[str], responses: Sequence[str]) -> Tensor:
         """Raw head logits ``(B,)`` with grad (train/eval mode left as the caller set it)."""
@@ -238,6 +244,11 @@ class ProcessRewardModel:
         """Head logits for (prompt index, response ids incl. EOS) rows: one pass over the left-padded prompts with
         a KV cache, then the responses, right-padded, in chunks of ``batch_size`` rows on copies of that cache;
         each row is read at its own last response token (its EOS). -> (len(rows),)"""
+        with autocast(self.device, self.precision):
+            return self._shared_prompt_pass(prompt_ids, rows, batch_size)
+
+    def _shared_prompt_pass(self, prompt_ids: list[list[int]], rows: list[tuple[int, list[int]]],
+                            batch_size: int) -> Tensor:
         inner = _unwrap(self.model)
         ids, mask = left_pad(prompt_ids, self.pad_id, self.device)  # (B, P)
         cache = inner.base_model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),

@@ -38,6 +38,7 @@ import yaml
 
 from agentprm.config import ConfigError, at_least, defaults_dict, load_config, to_dict
 from agentprm.models.api_client import ApiSettings
+from agentprm.models.device import DeviceName, Precision, resolve_device
 from agentprm.models.prompts import PromptConfig
 from agentprm.pipeline.run_config import (
     GamesSettings,
@@ -98,6 +99,9 @@ class EvalConfig:
         "help": "environment workers: a count of local processes (0 = in-process), or {count, backend: local | ray}"})
     ray: RaySettings = field(default_factory=RaySettings, metadata={"help": "the Ray cluster (workers.backend: ray)"})
     seed: int = field(default=0, metadata={"range": at_least(0), "help": "agent seed, the same for every agent"})
+    device: DeviceName = field(default="auto", metadata={
+        "help": "where the policies and PRMs run: auto (the GPU when torch sees one), cpu, or cuda"})
+    precision: Precision = field(default="fp32", metadata={"help": "fp32, or bf16 autocast of every forward pass"})
 
     def validate(self) -> None:
         if not self.agents:
@@ -237,8 +241,9 @@ def prepare(config: EvalConfig) -> list[Prepared]:
     return prepared
 
 
-def build_agent(item: Prepared, n: int, prompt: PromptConfig, seed: int, env: str):
-    """(runner policy, environment options) for one row."""
+def build_agent(item: Prepared, n: int, prompt: PromptConfig, seed: int, env: str, device: Any = "cpu",
+                precision: str = "fp32"):
+    """(runner policy, environment options) for one row; its models on ``device`` in ``precision``."""
     from agentprm.envs.runner import expert_policy, random_admissible_policy
 
     spec = item.spec
@@ -255,7 +260,7 @@ def build_agent(item: Prepared, n: int, prompt: PromptConfig, seed: int, env: st
         return ApiAgent(item.client, prompt=api_prompt, temperature=temperature, seed=seed), None
     from agentprm.models.policy import Policy
 
-    policy = Policy.from_pretrained(item.policy)
+    policy = Policy.from_pretrained(item.policy, device=device, precision=precision)
     if spec.kind == "policy":
         from agentprm.agents.policy_agent import PolicyAgent
 
@@ -265,7 +270,7 @@ def build_agent(item: Prepared, n: int, prompt: PromptConfig, seed: int, env: st
     from agentprm.agents.best_of_n import BestOfNAgent
     from agentprm.models.implicit_prm import load_prm
 
-    prm = load_prm(item.prm)
+    prm = load_prm(item.prm, device=device, precision=precision)
     temperature = 1.0 if spec.temperature is None else spec.temperature
     return BestOfNAgent(policy, prm, n=n, prompt=prompt, mode=spec.mode, filter_admissible=spec.filter_admissible,
                         temperature=temperature, max_new_tokens=spec.max_new_tokens, seed=seed), None
@@ -303,6 +308,7 @@ def evaluate_suite(config: EvalConfig, out: str | Path, log=print) -> dict:
     from agentprm.pipeline.stages import write_manifest
 
     out = Path(out)
+    device = resolve_device(config.device)  # `device: cuda` without a GPU fails before anything is played
     run_config, games_root = game_source(config)
     prepared = prepare(config)  # every checkpoint and endpoint checked before any game is played
     write_eval_config(config, out)
@@ -325,7 +331,7 @@ def evaluate_suite(config: EvalConfig, out: str | Path, log=print) -> dict:
                 records = out / "episodes" / split / f"{label}.jsonl"
                 records.parent.mkdir(parents=True, exist_ok=True)
                 records.unlink(missing_ok=True)  # an interrupted row is played again from its first game
-                agent, env_options = build_agent(item, n, prompt, config.seed, env)
+                agent, env_options = build_agent(item, n, prompt, config.seed, env, device, config.precision)
                 usage_before = _usage(item)
                 evaluation = evaluate_policy(env, games, agent, label, max_steps=config.max_steps,
                                              num_envs=config.num_envs, workers=pool_spec(config.workers, config.ray),

@@ -41,8 +41,24 @@ class RunContext:
     """Paths and shared objects of one run directory."""
 
     def __init__(self, config: RunConfig, run_dir: Path, log=print):
+        from agentprm.models.device import resolve_device
+
         self.config, self.dir, self.log = config, run_dir, log
         self._games: dict[str, list[Game]] = {}
+        self.device = resolve_device(config.device)  # `device: cuda` without a GPU fails here, before any stage
+        self.precision = config.precision
+
+    def load_policy(self, path: Path | str):
+        """A policy checkpoint on the run's device, in the run's precision (rollouts, evaluation, monitors)."""
+        from agentprm.models.policy import Policy
+
+        return Policy.from_pretrained(path, device=self.device, precision=self.precision)
+
+    def load_prm(self, path: Path | str):
+        """A PRM of either kind on the run's device, in the run's precision (scores for the policy step and BoN)."""
+        from agentprm.models.implicit_prm import load_prm
+
+        return load_prm(path, device=self.device, precision=self.precision)
 
     def games(self, split: str) -> list[Game]:
         if split not in self._games:

@@ -18,6 +18,7 @@ from agentprm.algorithms.trajectory_dpo import TrajectoryDPOConfig
 from agentprm.config import above, at_least, between
 from agentprm.envs.alfworld_assets import TASK_TYPES
 from agentprm.envs.runner import PoolSpec
+from agentprm.models.device import DeviceName, Precision
 from agentprm.models.prompts import PromptConfig
 
 
@@ -234,6 +235,12 @@ class RunConfig:
     workers: int | WorkerSettings = field(default=0, metadata={"range": at_least(0), 
         "help": "environment workers: a count of local processes (0 = in-process), or {count, backend: local | ray}"})
     ray: RaySettings = field(default_factory=RaySettings, metadata={"help": "the Ray cluster (workers.backend: ray)"})
+    device: DeviceName = field(default="auto", metadata={
+        "help": "where every model runs (rollouts, PRM, policy step, evaluation): auto (the GPU when torch sees "
+                "one, else the CPU), cpu, or cuda (an error without a GPU)"})
+    precision: Precision = field(default="fp32", metadata={
+        "help": "fp32, or bf16: every forward pass under bf16 autocast, weights and optimiser state in fp32 "
+                "(SFT too, unless sft.mixed_precision says otherwise)"})
     seed: int = field(default=0, metadata={
         "range": at_least(0), "help": "seed of every stage (each stage derives its own)"})
     progress: bool = field(default=True, metadata={"help": "progress bars"})

@@ -79,9 +79,16 @@ def sft(ctx: RunContext, out: Path) -> None:
 
     config = dataclasses.replace(ctx.config.sft, data=str(ctx.dir / "demos" / "demos.jsonl"),
                                  model=initial_model(ctx), out=str(out), prompt=ctx.config.prompt,
-                                 seed=_seed(ctx, "sft"), progress=ctx.config.progress)
-    train_sft(config)  # resumes from out/checkpoint when the stage was interrupted
+                                 seed=_seed(ctx, "sft"), progress=ctx.config.progress,
+                                 mixed_precision=_sft_precision(ctx))
+    train_sft(config, device=str(ctx.device))  # resumes from out/checkpoint when the stage was interrupted
     shutil.rmtree(out / "checkpoint", ignore_errors=True)  # the finished model is in out/model
+
+
+def _sft_precision(ctx: RunContext) -> str:
+    """SFT's accelerate precision: its own ``sft.mixed_precision`` when set, else the run's ``precision``."""
+    own = ctx.config.sft.mixed_precision
+    return own if own != "no" else {"fp32": "no", "bf16": "bf16"}[ctx.precision]
 
 
 # -- one AgentPRM iteration ------------------------------------------------------------------------------------------
@@ -89,7 +96,6 @@ def sft(ctx: RunContext, out: Path) -> None:
 
 def rollouts(ctx: RunContext, out: Path, iteration: int) -> None:
     from agentprm.agents.policy_agent import PolicyAgent
-    from agentprm.models.policy import Policy
     from agentprm.pipeline.rollouts import collect_rollouts
 
     c = ctx.config
@@ -100,7 +106,7 @@ def rollouts(ctx: RunContext, out: Path, iteration: int) -> None:
                                              token_ids=c.policy.server_token_ids,
                                              max_tokens=c.policy.max_new_tokens, concurrency=c.num_envs)
     else:
-        policy = Policy.from_pretrained(ctx.policy_path(iteration - 1))
+        policy = ctx.load_policy(ctx.policy_path(iteration - 1))
 
     def make_agent(seed: int) -> PolicyAgent:
         return PolicyAgent(policy, prompt=c.prompt, mode=c.policy.mode, temperature=c.rollouts.temperature,
@@ -211,7 +217,7 @@ def shape(ctx: RunContext, out: Path, iteration: int, found: list, records: list
         folder = out / "value" / "model"
     else:
         folder = ctx.dir / "iter_1" / "targets" / "value" / "model"
-    value_model = ProcessRewardModel.from_pretrained(folder)
+    value_model = ProcessRewardModel.from_pretrained(folder, device=ctx.device, precision=ctx.precision)
 
     def value(states: list) -> list[float]:
         prompts = [render_prompt(s, ctx.config.prompt, value_model.tokenizer) for s in states]
@@ -233,9 +239,10 @@ def train_prm(ctx: RunContext, out: Path, iteration: int) -> None:
         records = read_rollouts(ctx.dir / f"iter_{iteration}" / "rollouts")
         train_implicit_prm(config, records, str(ctx.policy_path(iteration - 1)), out, ctx.config.prompt,
                            [t for t in found if t.split == "val"], ctx.config.targets.val_fraction,
-                           iteration=iteration)
+                           iteration=iteration, device=str(ctx.device), precision=ctx.precision)
         return
-    fit_prm(config, found, str(ctx.policy_path(iteration - 1)), out, ctx.config.prompt, iteration=iteration)
+    fit_prm(config, found, str(ctx.policy_path(iteration - 1)), out, ctx.config.prompt, iteration=iteration,
+            device=str(ctx.device), precision=ctx.precision)
 
 
 def _policy_states(ctx: RunContext, iteration: int) -> dict[str, list]:
@@ -275,7 +282,6 @@ def inverse_targets(ctx: RunContext, out: Path, iteration: int) -> None:
     from agentprm.algorithms.inverse_prm_training import transitions_to_jsonl
     from agentprm.data import read_trajectories
     from agentprm.metrics import MetricsLogger
-    from agentprm.models.policy import Policy
     from agentprm.pipeline.rollouts import read_rollouts
 
     c = ctx.config
@@ -300,7 +306,7 @@ def inverse_targets(ctx: RunContext, out: Path, iteration: int) -> None:
             train = rng.sample(train, min(cap, len(train)))
             held = rng.sample(held, min(max(1, round(cap * val)), len(held)))
         kept += train + held
-    policy = Policy.from_pretrained(ctx.policy_path(iteration - 1))
+    policy = ctx.load_policy(ctx.policy_path(iteration - 1))
     sample_next_responses(policy, kept, c.prompt, c.policy.mode, c.inverse.next_action_temperature,
                           seed=_seed(ctx, "prm", iteration), max_new_tokens=c.policy.max_new_tokens)
     transitions_to_jsonl(kept, out / "transitions.jsonl")
@@ -325,20 +331,19 @@ def train_inverse_prm(ctx: RunContext, out: Path, iteration: int) -> None:
 def train_policy(ctx: RunContext, out: Path, iteration: int) -> None:
     from agentprm.algorithms.dpo_trainer import train_online_dpo
     from agentprm.metrics import MetricsLogger
-    from agentprm.models.implicit_prm import load_prm
 
     if ctx.config.policy_step == "kl":
         kl_policy(ctx, out, iteration)
         return
     states = _policy_states(ctx, iteration)
-    prm = load_prm(ctx.prm_path(iteration - 1))
+    prm = ctx.load_prm(ctx.prm_path(iteration - 1))
     seed = _seed(ctx, "dpo", iteration)
     config = dataclasses.replace(ctx.config.dpo, seed=seed, progress=ctx.config.progress,
                                  mode=ctx.config.policy.mode)
     validation = monitor_validation(ctx, states["val"], seed) if config.monitor_every else None
     with MetricsLogger(out / "metrics.jsonl", "dpo", iteration, tensorboard_dir=out / "tensorboard") as metrics:
         train_online_dpo(config, ctx.policy_path(iteration - 1), prm, states["train"], out, ctx.config.prompt,
-                         metrics, validation)
+                         metrics, validation, device=str(ctx.device), precision=ctx.precision)
 
 
 def kl_policy(ctx: RunContext, out: Path, iteration: int) -> None:
@@ -347,7 +352,6 @@ def kl_policy(ctx: RunContext, out: Path, iteration: int) -> None:
     from agentprm.algorithms.kl_step import mc_states, prm_states, train_kl_policy
     from agentprm.algorithms.mc_targets import targets_from_parquet
     from agentprm.metrics import MetricsLogger
-    from agentprm.models.implicit_prm import load_prm
 
     c = ctx.config
     config = dataclasses.replace(c.kl, seed=_seed(ctx, "dpo", iteration), progress=c.progress)
@@ -359,10 +363,11 @@ def kl_policy(ctx: RunContext, out: Path, iteration: int) -> None:
             raise ValueError(f"kl.q_source: mc found no state with two estimated actions in iteration {iteration}'s "
                              f"targets; use branching rollouts (rollouts.branch_states) or targets.key: state")
     else:
-        states, prm = prm_states(policy_states["train"]), load_prm(ctx.prm_path(iteration - 1))
+        states, prm = prm_states(policy_states["train"]), ctx.load_prm(ctx.prm_path(iteration - 1))
     validation = monitor_validation(ctx, policy_states["val"], config.seed) if config.monitor_every else None
     with MetricsLogger(out / "metrics.jsonl", "kl", iteration, tensorboard_dir=out / "tensorboard") as metrics:
-        train_kl_policy(config, ctx.policy_path(iteration - 1), prm, states, out, c.prompt, metrics, validation)
+        train_kl_policy(config, ctx.policy_path(iteration - 1), prm, states, out, c.prompt, metrics, validation,
+                        device=str(ctx.device), precision=ctx.precision)
 
 
 def monitor_validation(ctx: RunContext, val_states: list, seed: int):
@@ -413,8 +418,8 @@ def rft_policy(ctx: RunContext, out: Path, iteration: int) -> None:
         model=str(ctx.policy_path(iteration - 1)), out=str(out), prompt=ctx.config.prompt, only_successful=True,
         max_steps=r.max_steps, lr=r.lr, batch_size=r.batch_size, warmup_steps=r.warmup_steps,
         save_every=max(r.max_steps // 4, 1), eval_every=max(r.max_steps // 4, 1), seed=_seed(ctx, "sft", iteration),
-        progress=ctx.config.progress)
-    train_sft(config)
+        progress=ctx.config.progress, mixed_precision=_sft_precision(ctx))
+    train_sft(config, device=str(ctx.device))
     shutil.rmtree(out / "checkpoint", ignore_errors=True)
 
 
@@ -441,15 +446,13 @@ def trajectory_dpo_policy(ctx: RunContext, out: Path, iteration: int) -> None:
 def _agent(ctx: RunContext, policy_iteration: int, prm_iteration: int | None, n: int, seed: int):
     from agentprm.agents.best_of_n import BestOfNAgent
     from agentprm.agents.policy_agent import PolicyAgent
-    from agentprm.models.implicit_prm import load_prm
-    from agentprm.models.policy import Policy
 
     c = ctx.config
-    policy = Policy.from_pretrained(ctx.policy_path(policy_iteration))
+    policy = ctx.load_policy(ctx.policy_path(policy_iteration))
     if prm_iteration is None:
         return PolicyAgent(policy, prompt=c.prompt, mode=c.policy.mode, temperature=c.eval.temperature,
                            max_new_tokens=c.policy.max_new_tokens, seed=seed)
-    prm = load_prm(ctx.prm_path(prm_iteration))
+    prm = ctx.load_prm(ctx.prm_path(prm_iteration))
     return BestOfNAgent(policy, prm, n=n, prompt=c.prompt, mode=c.policy.mode,
                         temperature=c.eval.candidate_temperature(), logprob_weight=c.eval.bon_logprob_weight,
                         max_new_tokens=c.policy.max_new_tokens, seed=seed)
