@@ -156,8 +156,7 @@ def measure_preset(preset: str, work: Path, root: Path, demos: Path, args, devic
                                               "batch_size": 8, "progress": False})
     stage("prm", lambda: train_implicit_prm(prm_config, records, str(model), folder / "prm", prompt,
                                             device=name, precision=precision))
-    prm = ImplicitPRM.from_policy(model, beta=0.1, device=name)
-    prm.policy.precision = prm.reference.precision = precision
+    prm = ImplicitPRM.from_policy(model, beta=0.1, device=name, precision=precision)
     dpo_config = load_config(DPOConfig, {"steps": args.steps, "states_per_step": 16, "samples_per_state": 4,
                                          "temperature": 1.0, "mode": "admissible", "progress": False})
     stage("dpo", lambda: train_online_dpo(dpo_config, model, prm, states, folder / "dpo", prompt,

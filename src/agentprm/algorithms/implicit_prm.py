@@ -148,8 +148,9 @@ def train_implicit_prm(config: Any, records: Sequence[TrajectoryRecord], init_mo
     config.validate()
     out = Path(out_dir)
     torch.manual_seed(config.seed)
-    reference = Policy.from_pretrained(init_model_path, device=resolve_device(device), precision=precision)
-    phi = Policy.from_pretrained(init_model_path, device=resolve_device(device), precision=precision)
+    device = resolve_device(device)
+    reference = Policy.from_pretrained(init_model_path, device=device, precision=precision)
+    phi = Policy.from_pretrained(init_model_path, device=device, precision=precision)
     device, pad_id = phi.device, phi.pad_id
     train_records = [r for r in records if not in_validation(r.game_id, val_fraction)]
     episodes = episode_steps(train_records, phi.tokenizer, prompt, config.max_length)

@@ -39,9 +39,10 @@ class ImplicitPRM:
         self.tokenizer = policy.tokenizer
 
     @classmethod
-    def from_policy(cls, path: str | Path, beta: float, device: str = "cpu") -> "ImplicitPRM":
+    def from_policy(cls, path: str | Path, beta: float, device: str = "cpu", precision: str = "fp32") -> "ImplicitPRM":
         """phi and the reference both loaded from the policy checkpoint ``path`` (all scores 0.5)."""
-        return cls(Policy.from_pretrained(path, device=device), Policy.from_pretrained(path, device=device), beta)
+        return cls(Policy.from_pretrained(path, device=device, precision=precision),
+                   Policy.from_pretrained(path, device=device, precision=precision), beta)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "cpu", precision: str = "fp32") -> "ImplicitPRM":

@@ -88,7 +88,9 @@ def sft(ctx: RunContext, out: Path) -> None:
 def _sft_precision(ctx: RunContext) -> str:
     """SFT's accelerate precision: its own ``sft.mixed_precision`` when set, else the run's ``precision``."""
     own = ctx.config.sft.mixed_precision
-    return own if own != "no" else {"fp32": "no", "bf16": "bf16"}[ctx.precision]
+    from agentprm.models.device import accelerate_precision
+
+    return own if own != "no" else accelerate_precision(ctx.precision)
 
 
 # -- one AgentPRM iteration ------------------------------------------------------------------------------------------
