@@ -18,9 +18,12 @@ from test_run import finished_run, tiny_config  # tests/pipeline is on sys.path 
 def bf16_run(alfworld_root, tmp_path_factory):
     root, _ = alfworld_root
     config = tiny_config(root)
-    config |= {"device": "cpu", "precision": "bf16", "policy_step": "kl"}
-    config["prm"] = {"kind": "implicit", "beta": 0.1, "lr": 0.001, "max_steps": 4, "batch_size": 4}
-    config["kl"] = {"beta": 0.1, "lr": 1e-3, "steps": 2, "states_per_step": 4}
+    config |= {"device": "cpu", "precision": "bf16", "policy_step": "kl"}  # bf16 on a CPU is slow: keep it small
+    config["sft"] |= {"max_steps": 6, "eval_every": 6, "save_every": 6}
+    config["rollouts"] |= {"episodes_per_game": 1, "max_steps": 5}
+    config["prm"] = {"kind": "implicit", "beta": 0.1, "lr": 0.001, "max_steps": 2, "batch_size": 4}
+    config["kl"] = {"beta": 0.1, "lr": 1e-3, "steps": 1, "states_per_step": 4}
+    config["eval"] |= {"max_steps": 5}
     config["dpo"]["monitor_every"] = 0
     config["eval"]["bon_logprob_weight"] = 0.03
     return finished_run(config, tmp_path_factory.mktemp("bf16"))
