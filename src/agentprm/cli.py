@@ -5,6 +5,7 @@
     agentprm play --env alfworld --games DIR --split train --index 0
     agentprm parquet demos.jsonl demos.parquet [--level step|episode]
     agentprm init-model --records demos.jsonl --out models/tiny [--preset tiny|small|base | --source smollm2]
+    agentprm rationalise demos.jsonl --out rationalised.jsonl [CONFIG.yaml] [key=value ...]
     agentprm sft [CONFIG.yaml] data=demos.jsonl model=models/tiny out=runs/sft [key=value ...]
     agentprm run CONFIG.yaml --out RUN [key=value ...]
     agentprm rollout|targets|train-prm|train-policy|eval RUN --iteration I [--redo]
@@ -179,6 +180,29 @@ def cmd_sft(args) -> int:
     summary = train_sft(config)
     print(f"SFT finished at step {summary['step']}: train loss {summary['train_loss']:.4f}, validation loss "
           f"{summary['val_loss']:.4f}, {summary['tokens_per_s']:.0f} tokens/s; model in {config.out}/model")
+    return 0
+
+
+def cmd_rationalise(args) -> int:
+    from agentprm.config import describe, load_config
+    from agentprm.models.device import resolve_device
+    from agentprm.pipeline.rationalise import RationaliseSettings, rationalise_file, summary_path
+
+    if args.describe:
+        print(describe(RationaliseSettings))
+        return 0
+    if not args.data or not args.out:
+        raise EnvError("rationalise needs DEMOS.jsonl and --out OUT.jsonl")
+    settings = load_config(RationaliseSettings, *_config_and_overrides(args.config, args.overrides))
+    device = resolve_device(args.device)  # before any work: "cuda" without a GPU stops here
+    _quiet_transformers()
+    summary = rationalise_file(args.data, args.out, settings, device=str(device), precision=args.precision,
+                               progress=not args.quiet)
+    flagged = summary["flagged"]
+    print(f"rationalised {summary['episodes_rationalised']} episodes ({summary['episodes_done_before']} already "
+          f"in {args.out}), {summary['steps']} steps at {summary['steps_per_s']:.2f} steps/s by "
+          f"{summary['rationaliser']}; flagged: {flagged['empty']} empty, {flagged['other_action']} naming another "
+          f"action; summary in {summary_path(args.out)}")
     return 0
 
 
@@ -371,6 +395,23 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--describe", action="store_true", help="list every config key with its default and meaning")
     sft.set_defaults(func=cmd_sft)
 
+    rat = sub.add_parser("rationalise", help="write a reason for every step of demonstrations (REASON/ACTION)",
+                         description="Post-hoc rationalisation: a language model (local SmolLM2-135M-Instruct by "
+                                     "default, or an OpenAI-compatible endpoint with backend=api) writes, for each "
+                                     "step, the reason for the action taken, seeing only the task and the episode up "
+                                     "to that step. Resumable: a rerun skips rationalised episodes. Keys: "
+                                     "`agentprm rationalise --describe`.")
+    rat.add_argument("data", nargs="?", default=None, help="demonstrations (trajectory JSONL)")
+    rat.add_argument("config", nargs="?", default=None, help="YAML config (optional)")
+    rat.add_argument("overrides", nargs="*", help="key=value overrides, e.g. backend=api api.base_url=http://... "
+                                                  "api.model=NAME max_words=20")
+    rat.add_argument("--out", default=None, help="rationalised records (JSONL; resumed when it exists)")
+    rat.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="local backend's device")
+    rat.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="local backend's precision")
+    rat.add_argument("--quiet", action="store_true", help="no progress bar")
+    rat.add_argument("--describe", action="store_true", help="list every config key with its default and meaning")
+    rat.set_defaults(func=cmd_rationalise)
+
     run = sub.add_parser("run", help="the whole AgentPRM loop, resumable",
                          description="Games -> demonstrations -> model -> SFT pi_0 -> K iterations of rollouts, "
                                      "targets, PRM, online DPO and evaluation -> report.md. Rerunning an "
@@ -456,11 +497,14 @@ def main(argv: list[str] | None = None) -> int:
     from agentprm.models.api_client import EndpointError
     from agentprm.errors import DamagedFileError
     from agentprm.pipeline.stages import IncompatibleRunError
+    from agentprm.pipeline.rationalise import RationaliseError
+    from agentprm.models.smollm2 import SmolLM2Unavailable
 
     try:
         return args.func(args)
     except (EnvError, CorruptFileError, RecordError, ConfigError, SFTError, SummaryError, FileNotFoundError,
-            FileExistsError, EndpointError, IncompatibleRunError, DamagedFileError) as error:
+            FileExistsError, EndpointError, IncompatibleRunError, DamagedFileError, RationaliseError,
+            SmolLM2Unavailable) as error:
         print(f"agentprm {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -122,6 +122,16 @@ def _extract_reason_action(text: str) -> tuple[str, str]:
     return reason, _line_at(text, action_marker.end())
 
 
+def extract_reason(text: object) -> str:
+    """The reason of a REASON/ACTION answer: the text between the last ``REASON:`` marker before the last
+    ``ACTION:`` marker (or the start) and that marker; after the last ``REASON:`` when there is no ``ACTION:``; the
+    whole text when it has neither marker (a rationaliser that answers with a bare sentence). Never raises."""
+    text = text if isinstance(text, str) else ""
+    if _ACTION_MARKER.search(text) or _REASON_MARKER.search(text):
+        return _extract_reason_action(text)[0]
+    return _clean_reason(text)
+
+
 def _last_match(pattern: re.Pattern[str], text: str, start: int, end: int) -> re.Match[str] | None:
     last = None
     for last in pattern.finditer(text, start, end):

@@ -267,6 +267,12 @@ def load_template(name: str) -> jinja2.Template:
     return _environment().from_string(source)
 
 
+def compile_template(source: str) -> jinja2.Template:
+    """A template from its source, with the policy templates' settings (strict variables, trimmed blocks); for
+    template files beside the packaged ones (``pipeline.rationalise``)."""
+    return _environment().from_string(source)
+
+
 def uses_chat_template(config: PromptConfig, tokenizer: Any = None) -> bool:
     """Whether :func:`render_prompt` wraps the prompt with ``tokenizer``'s chat template under ``config``."""
     has_template = tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))

@@ -162,8 +162,10 @@ def stage_plan(ctx: RunContext) -> list[PlannedStage]:
     plan = []
     if not config.games.root and config.games.env == "alfworld":
         plan.append(PlannedStage("games", lambda out: s.generate(ctx, out)))
-    plan += [PlannedStage("demos", lambda out: s.demos(ctx, out)),
-             PlannedStage("model_init", lambda out: s.init_model(ctx, out)),
+    plan.append(PlannedStage("demos", lambda out: s.demos(ctx, out)))
+    if config.rationalise.enabled:
+        plan.append(PlannedStage("rationales", lambda out: s.rationales(ctx, out)))
+    plan += [PlannedStage("model_init", lambda out: s.init_model(ctx, out)),
              PlannedStage("iter_0/policy", lambda out: s.sft(ctx, out)),
              PlannedStage("iter_0/eval", lambda out: s.evaluate_rows(ctx, out, [("policy", 0, None)]), "eval", 0)]
     inverse = config.algorithm == "inverse_prm"

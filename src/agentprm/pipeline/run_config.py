@@ -20,6 +20,7 @@ from agentprm.envs.alfworld_assets import TASK_TYPES
 from agentprm.envs.runner import PoolSpec
 from agentprm.models.device import DeviceName, Precision
 from agentprm.models.prompts import PromptConfig
+from agentprm.pipeline.rationalise import RationaliseSettings
 
 
 Split = Literal["train", "seen", "unseen"]  # the splits a run generates (games.train / .seen / .unseen)
@@ -201,10 +202,23 @@ def worker_count(workers: "int | WorkerSettings") -> int:
 
 
 @dataclass
+class RunRationaliseSettings(RationaliseSettings):
+    enabled: bool = field(default=False, metadata={
+        "help": "stage `rationales`: a reason for every demonstration step (post-hoc rationalisation) before the "
+                "model and SFT; needs prompt.template: reason_action"})
+
+    def validate(self) -> None:
+        if self.enabled:
+            super().validate()
+
+
+@dataclass
 class RunConfig:
     games: GamesSettings = field(default_factory=GamesSettings, metadata={"help": "games and splits"})
     model: ModelSettings = field(default_factory=ModelSettings, metadata={"help": "the initial model"})
     demos: DemoSettings = field(default_factory=DemoSettings, metadata={"help": "expert demonstrations for pi_0"})
+    rationalise: RunRationaliseSettings = field(default_factory=RunRationaliseSettings, metadata={
+        "help": "post-hoc rationalisation of the demonstrations (off by default)"})
     prompt: PromptConfig = field(default_factory=PromptConfig, metadata={"help": "prompt for every stage"})
     policy: PolicySettings = field(default_factory=PolicySettings, metadata={"help": "how the policy acts"})
     sft: SFTConfig = field(default_factory=SFTConfig, metadata={"help": "pi_0 = SFT on the demonstrations"})
@@ -286,6 +300,9 @@ class RunConfig:
         if self.prm.kind == "implicit" and (self.algorithm != "agentprm" or self.targets.shaping):
             raise ValueError("prm.kind: implicit is trained on the rollouts' outcomes: it needs algorithm: agentprm "
                              "and targets.shaping: false")
+        if self.rationalise.enabled and self.prompt.template != "reason_action":
+            raise ValueError("rationalise.enabled needs prompt.template: reason_action (action_only trains on the bare "
+                             "action: the reasons would never be used)")
         if self.prompt.step_budget and self.prompt.step_budget != self.eval.max_steps:
             raise ValueError(f"prompt.step_budget ({self.prompt.step_budget}) must be 0 or eval.max_steps "
                              f"({self.eval.max_steps}): the steps-left line must tell the evaluation's truth")

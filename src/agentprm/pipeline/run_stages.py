@@ -4,6 +4,7 @@ folder and reads earlier stages' finished folders, so any stage can be rerun alo
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import shutil
 import time
@@ -45,6 +46,24 @@ def demos(ctx: RunContext, out: Path) -> None:
     ctx.log(table.render("expert demonstrations"))
 
 
+def demos_file(ctx: RunContext) -> Path:
+    """The demonstrations every later stage learns from: RUN/rationales/demos.jsonl when ``rationalise.enabled``
+    (the same episodes with a reason per step), else RUN/demos/demos.jsonl."""
+    if ctx.config.rationalise.enabled:
+        return ctx.dir / "rationales" / "demos.jsonl"
+    return ctx.dir / "demos" / "demos.jsonl"
+
+
+def rationales(ctx: RunContext, out: Path) -> None:
+    from agentprm.pipeline.rationalise import rationalise_file
+
+    summary = rationalise_file(ctx.dir / "demos" / "demos.jsonl", out / "demos.jsonl", ctx.config.rationalise,
+                               device=str(ctx.device), precision=ctx.precision, progress=ctx.config.progress)
+    flagged = summary["flagged"]
+    ctx.log(f"rationales: {summary['steps']} steps by {summary['rationaliser']} at {summary['steps_per_s']:.2f} "
+            f"steps/s; flagged {flagged['empty']} empty, {flagged['other_action']} naming another action")
+
+
 def init_model(ctx: RunContext, out: Path) -> None:
     from agentprm.data import read_trajectories
     from agentprm.models.embedded import init_embedded_model
@@ -60,11 +79,13 @@ def init_model(ctx: RunContext, out: Path) -> None:
 
         shutil.copytree(smollm2_checkpoint(), out / "model")
         return
-    records = list(read_trajectories(ctx.dir / "demos" / "demos.jsonl"))
+    records = list(read_trajectories(demos_file(ctx)))
     template_texts = [render_plain(PromptState.from_trajectory(r, 0), PromptConfig(template=t))
                       + format_response(r.steps[0].action, "", PromptConfig(template=t))
                       for r in records[:20] if r.steps for t in ("action_only", "reason_action")]
-    init_embedded_model(out / "model", environment_corpus(records, template_texts), preset=m.preset,
+    reasons = [step.reason for r in records for step in r.steps if step.reason]  # rationalised demos' words
+    corpus = itertools.chain(environment_corpus(records, template_texts), reasons)
+    init_embedded_model(out / "model", corpus, preset=m.preset,
                         vocab_size=m.vocab_size, seed=ctx.config.seed, overwrite=True)
 
 
@@ -77,7 +98,7 @@ def initial_model(ctx: RunContext) -> str:
 def sft(ctx: RunContext, out: Path) -> None:
     from agentprm.algorithms.sft import train_sft
 
-    config = dataclasses.replace(ctx.config.sft, data=str(ctx.dir / "demos" / "demos.jsonl"),
+    config = dataclasses.replace(ctx.config.sft, data=str(demos_file(ctx)),
                                  model=initial_model(ctx), out=str(out), prompt=ctx.config.prompt,
                                  seed=_seed(ctx, "sft"), progress=ctx.config.progress,
                                  mixed_precision=_sft_precision(ctx))
@@ -288,7 +309,7 @@ def inverse_targets(ctx: RunContext, out: Path, iteration: int) -> None:
 
     c = ctx.config
     val = c.targets.val_fraction
-    expert = expert_transitions(read_trajectories(ctx.dir / "demos" / "demos.jsonl"), c.prompt, val,
+    expert = expert_transitions(read_trajectories(demos_file(ctx)), c.prompt, val,
                                 only_successful=c.sft.only_successful)  # the demonstrations SFT imitates
     learner, latest = [], []
     for j in range(1, iteration + 1):
