@@ -33,8 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 VARIANTS = [  # name, overrides
     ("action_only", ["prompt.template=action_only"]),
-    ("reason_action, bare", ["prompt.template=reason_action", "policy.mode=free"]),
-    ("reason_action, rationalised", ["prompt.template=reason_action", "policy.mode=free", "rationalise.enabled=true"]),
+    ("reason_action, bare", ["prompt.template=reason_action", "policy.mode=free", "policy_step=dpo"]),
+    ("reason_action, rationalised", ["prompt.template=reason_action", "policy.mode=free", "policy_step=dpo",
+                                     "rationalise.enabled=true"]),
     ("reason_action, rationalised, admissible", ["prompt.template=reason_action", "rationalise.enabled=true"]),
 ]
 
@@ -54,14 +55,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", default="/tmp/agentprm-rationalise")
     parser.add_argument("--seen", type=int, default=100, help="valid_seen games generated and evaluated")
-    parser.add_argument("--max-new-tokens", type=int, default=32, help="rationaliser's answer cap")
+    parser.add_argument("--max-new-tokens", type=int, default=24, help="rationaliser's answer cap")
+    parser.add_argument("--history-window", type=int, default=1,
+                        help="rationaliser's history (a CPU's prefill time grows with it)")
     parser.add_argument("--results", default="")
     args = parser.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     log = work / "runs.log"
     common = ["iterations=0", f"games.seen={args.seen}", "games.eval_split=seen", f"games.eval_games={args.seen}",
-              f"rationalise.max_new_tokens={args.max_new_tokens}"]
+              f"rationalise.max_new_tokens={args.max_new_tokens}", f"rationalise.history_window={args.history_window}"]
     rows = []
     for index, (name, overrides) in enumerate(VARIANTS):
         out = work / f"v{index}"
@@ -77,7 +80,8 @@ def main(argv=None) -> int:
         print(f"{name}: {row['success']:.1%} {row.get('ci95')} on {row['episodes']} valid_seen games "
               f"({seconds:.0f} s)", flush=True)
     rationales = json.loads((work / "v2" / "rationales" / "demos.summary.json").read_text())
-    result = {"world": "configs/quickstart.yaml", "split": "valid_seen", "games": args.seen, "rows": rows,
+    result = {"world": "configs/quickstart.yaml", "split": "valid_seen", "games": args.seen, "common": common,
+              "rows": rows,
               "rationalisation": {k: rationales[k] for k in ("rationaliser", "episodes", "steps", "ok", "flagged",
                                                             "seconds", "steps_per_s", "usage")}}
     print(json.dumps(result["rationalisation"], indent=1))
