@@ -105,6 +105,7 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path, monkeypatch):
     assert bad_env.returncode == 2 and "invalid choice" in bad_env.stderr
 
 
+@pytest.mark.heavy
 def test_init_model_then_sft_then_resume_message(alfworld_demos, tmp_path):
     model = tmp_path / "tiny"
     built = agentprm("init-model", "--records", alfworld_demos, "--out", model, "--preset", "tiny")

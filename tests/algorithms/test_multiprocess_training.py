@@ -62,6 +62,7 @@ def test_sft_on_two_processes_matches_one_process(alfworld_demos, tiny_model, tm
     assert_same_weights(tmp_path / "p1" / "model", tmp_path / "p2" / "model")
 
 
+@pytest.mark.heavy
 def test_prm_training_on_two_processes_matches_one_process(alfworld_demos, tiny_model, tmp_path):
     from agentprm.algorithms.mc_targets import mc_q_targets, targets_to_parquet
     from agentprm.data import read_trajectories
@@ -82,6 +83,7 @@ def test_prm_training_on_two_processes_matches_one_process(alfworld_demos, tiny_
     assert summaries[1]["val_bce"] == pytest.approx(summaries[0]["val_bce"], rel=1e-4)
 
 
+@pytest.mark.heavy
 def test_online_dpo_on_two_processes_matches_one_process(alfworld_demos, sft_model, tmp_path):
     from agentprm.models.prm import ProcessRewardModel
 

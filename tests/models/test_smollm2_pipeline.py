@@ -8,7 +8,7 @@ from agentprm.data import read_trajectories
 from agentprm.models.parser import parse_response
 from agentprm.models.prompts import PromptConfig, PromptState, render_prompt
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 
 @pytest.fixture(scope="module")

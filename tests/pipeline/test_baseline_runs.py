@@ -10,6 +10,8 @@ import torch
 from agentprm.pipeline.report import read_summary
 from test_run import finished_run, tiny_config  # tests/pipeline is on sys.path (no __init__.py)
 
+pytestmark = pytest.mark.heavy  # a whole tiny run: in the full suite (README), not the default one
+
 
 @pytest.fixture(scope="module")
 def rft_run(alfworld_root, tmp_path_factory):

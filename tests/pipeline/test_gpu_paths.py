@@ -29,6 +29,7 @@ def bf16_run(alfworld_root, tmp_path_factory):
     return finished_run(config, tmp_path_factory.mktemp("bf16"))
 
 
+@pytest.mark.heavy  # the GPU kit's test (test_gpu_kit.py) runs the loop in bf16 at toy size in the default suite
 def test_a_bf16_run_trains_every_stage_and_evaluates(bf16_run):
     resolved = yaml.safe_load((bf16_run / "config.yaml").read_text())
     assert resolved["precision"] == "bf16" and resolved["device"] == "cpu"

@@ -9,6 +9,8 @@ import pytest
 from agentprm.pipeline.report import read_summary
 from test_run import finished_run, tiny_config  # tests/pipeline is on sys.path (no __init__.py)
 
+pytestmark = pytest.mark.heavy  # a whole tiny run: in the full suite (README), not the default one
+
 
 @pytest.fixture(scope="module")
 def inverse_run(alfworld_root, tmp_path_factory):

@@ -205,6 +205,7 @@ def test_a_run_from_an_older_version_resumes_when_its_new_keys_are_at_their_defa
     assert yaml.safe_load((tmp_path / "config.yaml").read_text()) == old  # a refused run rewrites nothing
 
 
+@pytest.mark.heavy
 def test_stage_subcommands_rebuild_one_stage_of_a_run(straight_run, tmp_path):
     import shutil
 
