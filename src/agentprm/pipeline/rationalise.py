@@ -286,12 +286,9 @@ def rationalise_records(records: list[TrajectoryRecord], rationaliser: Rationali
 
 
 def rationalise_record(record: TrajectoryRecord, rationaliser: Rationaliser, settings: RationaliseSettings,
-                       answers: list[Completion] | None = None) -> tuple[TrajectoryRecord, Counter]:
-    """``record`` with a reason (and the REASON/ACTION response) for every step; the flag counts. ``answers``:
-    the rationaliser's answers to the record's requests when already asked."""
-    if answers is None:
-        requests = [rationale_messages(record, i, settings) for i in range(len(record.steps))]
-        answers = rationaliser.complete(requests) if requests else []
+                       answers: list[Completion]) -> tuple[TrajectoryRecord, Counter]:
+    """``record`` with a reason (and the REASON/ACTION response) for every step from ``answers`` (the
+    rationaliser's answers to its steps' requests, in order); the flag counts."""
     counts: Counter = Counter()
     steps = []
     answer_format = PromptConfig(template="reason_action")
