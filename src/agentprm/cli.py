@@ -186,7 +186,7 @@ def cmd_sft(args) -> int:
 def cmd_rationalise(args) -> int:
     from agentprm.config import describe, load_config
     from agentprm.models.device import resolve_device
-    from agentprm.pipeline.rationalise import RationaliseSettings, rationalise_file, summary_path
+    from agentprm.pipeline.rationalise import RationaliseSettings, rationalise_file, summary_line, summary_path
 
     if args.describe:
         print(describe(RationaliseSettings))
@@ -198,11 +198,8 @@ def cmd_rationalise(args) -> int:
     _quiet_transformers()
     summary = rationalise_file(args.data, args.out, settings, device=str(device), precision=args.precision,
                                progress=not args.quiet)
-    flagged = summary["flagged"]
     print(f"rationalised {summary['episodes_rationalised']} episodes ({summary['episodes_done_before']} already "
-          f"in {args.out}), {summary['steps']} steps at {summary['steps_per_s']:.2f} steps/s by "
-          f"{summary['rationaliser']}; flagged: {flagged['empty']} empty, {flagged['other_action']} naming another "
-          f"action; summary in {summary_path(args.out)}")
+          f"in {args.out}), {summary_line(summary)}; summary in {summary_path(args.out)}")
     return 0
 
 

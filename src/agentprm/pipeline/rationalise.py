@@ -244,6 +244,13 @@ def make_rationaliser(settings: RationaliseSettings, device: str = "cpu", precis
 # -- files -----------------------------------------------------------------------------------------------------------
 
 
+def summary_line(summary: dict[str, Any]) -> str:
+    """One line of a :func:`rationalise_file` summary, for the command and the run's log."""
+    flagged = summary["flagged"]
+    return (f"{summary['steps']} steps at {summary['steps_per_s']:.2f} steps/s by {summary['rationaliser']}; "
+            f"flagged: {flagged['empty']} empty, {flagged['other_action']} naming another action")
+
+
 def summary_path(out: str | Path) -> Path:
     out = Path(out)
     return out.with_name(out.name.removesuffix(".jsonl") + ".summary.json")

@@ -55,13 +55,11 @@ def demos_file(ctx: RunContext) -> Path:
 
 
 def rationales(ctx: RunContext, out: Path) -> None:
-    from agentprm.pipeline.rationalise import rationalise_file
+    from agentprm.pipeline.rationalise import rationalise_file, summary_line
 
     summary = rationalise_file(ctx.dir / "demos" / "demos.jsonl", out / "demos.jsonl", ctx.config.rationalise,
                                device=str(ctx.device), precision=ctx.precision, progress=ctx.config.progress)
-    flagged = summary["flagged"]
-    ctx.log(f"rationales: {summary['steps']} steps by {summary['rationaliser']} at {summary['steps_per_s']:.2f} "
-            f"steps/s; flagged {flagged['empty']} empty, {flagged['other_action']} naming another action")
+    ctx.log(f"rationales: {summary_line(summary)}")
 
 
 def init_model(ctx: RunContext, out: Path) -> None:
