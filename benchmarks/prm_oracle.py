@@ -13,7 +13,10 @@ the run's pi_0). Defaults: 200 states, the 4 most likely admissible actions at e
 action at the run's evaluation temperature. ``grade`` prints one row per ranker (pairwise accuracy on pairs with
 |dQ| >= delta, top-1 agreement, Spearman per state, the expert action's rank, each with a 95% bootstrap interval
 over states) and the estimate's split-half agreement, and merges the rows into ``--results`` (rows of earlier
-grades of the same states file are kept, so PRMs can be added one at a time).
+grades of the same states file are kept, so PRMs can be added one at a time). ``choose`` sets the results'
+top-level "chosen" object (the ranker the configs use) from rows already graded:
+
+    PYTHONPATH=src python benchmarks/prm_oracle.py choose benchmarks/results/prm_oracle.json --prm implicit
 """
 
 from __future__ import annotations
@@ -163,6 +166,29 @@ def fmt(metric: dict, percent: bool = True) -> str:
     return f"{value * scale:.{digits}f} [{low * scale:.{digits}f}, {high * scale:.{digits}f}]"
 
 
+def chosen_summary(rankers: dict, name: str) -> dict:
+    """The results' top-level "chosen" object: ranker NAME's pairwise accuracy beside the policy's own."""
+    if name not in rankers:
+        raise SystemExit(f"--chosen {name}: no such ranker ({', '.join(rankers)})")
+    row, policy = rankers[name], rankers["policy"]
+    return {"prm": name, "path": row["what"], "pairs": row["pairwise_accuracy"]["n"],
+            "pairwise_accuracy": row["pairwise_accuracy"]["value"],
+            "pairwise_ci95": row["pairwise_accuracy"]["ci95"],
+            "policy_pairwise_accuracy": policy["pairwise_accuracy"]["value"],
+            "policy_pairwise_ci95": policy["pairwise_accuracy"]["ci95"],
+            "minus_policy": row.get("minus_policy")}
+
+
+def choose(args: argparse.Namespace) -> None:
+    """Rewrite a results file's "chosen" object from its graded rows (no regrading)."""
+    path = Path(args.results)
+    result = json.loads(path.read_text())
+    result["chosen"] = chosen_summary(result["rankers"], args.prm)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"chosen {args.prm}: {result['chosen']['pairwise_accuracy']:.3f} of {result['chosen']['pairs']} pairs "
+          f"(policy {result['chosen']['policy_pairwise_accuracy']:.3f}) -> {path}")
+
+
 def merge_results(path: Path, args: argparse.Namespace, data: dict, rows: dict, agreement: dict, count: int) -> None:
     old = json.loads(path.read_text()) if path.is_file() else {}
     if old.get("states_file") != str(args.states) or old.get("delta") != args.delta:
@@ -175,15 +201,7 @@ def merge_results(path: Path, args: argparse.Namespace, data: dict, rows: dict, 
               "grade_command": COMMAND}
     chosen = args.chosen or old.get("chosen", {}).get("prm")
     if chosen:
-        if chosen not in merged:
-            raise SystemExit(f"--chosen {chosen}: no such ranker ({', '.join(merged)})")
-        row, policy = merged[chosen], merged["policy"]
-        result["chosen"] = {"prm": chosen, "path": row["what"], "pairs": row["pairwise_accuracy"]["n"],
-                            "pairwise_accuracy": row["pairwise_accuracy"]["value"],
-                            "pairwise_ci95": row["pairwise_accuracy"]["ci95"],
-                            "policy_pairwise_accuracy": policy["pairwise_accuracy"]["value"],
-                            "policy_pairwise_ci95": policy["pairwise_accuracy"]["ci95"],
-                            "minus_policy": row.get("minus_policy")}
+        result["chosen"] = chosen_summary(merged, chosen)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"-> {path}")
@@ -222,8 +240,11 @@ def main(argv: list[str] | None = None) -> None:
     gr.add_argument("--chosen", default="", help="the ranker the configs use (written as 'chosen')")
     gr.add_argument("--results", default="", help="JSON file to merge the rows into")
     gr.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    ch = sub.add_parser("choose", help="set the ranker the configs use in a graded results file")
+    ch.add_argument("results", help="JSON file written by `grade --results`")
+    ch.add_argument("--prm", required=True, help="a ranker graded in it")
     args = parser.parse_args(argv)
-    estimate(args) if args.command == "estimate" else grade(args)
+    {"estimate": estimate, "grade": grade, "choose": choose}[args.command](args)
 
 
 if __name__ == "__main__":
