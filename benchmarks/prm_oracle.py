@@ -169,7 +169,7 @@ def fmt(metric: dict, percent: bool = True) -> str:
 def chosen_summary(rankers: dict, name: str) -> dict:
     """The results' top-level "chosen" object: ranker NAME's pairwise accuracy beside the policy's own."""
     if name not in rankers:
-        raise SystemExit(f"--chosen {name}: no such ranker ({', '.join(rankers)})")
+        raise SystemExit(f"chosen {name!r}: no such ranker ({', '.join(rankers)})")
     row, policy = rankers[name], rankers["policy"]
     return {"prm": name, "path": row["what"], "pairs": row["pairwise_accuracy"]["n"],
             "pairwise_accuracy": row["pairwise_accuracy"]["value"],
