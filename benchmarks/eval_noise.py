@@ -4,13 +4,21 @@ A run evaluates each agent once, with one seed, on its fixed evaluation games. T
 success rate: which games were drawn (the Wilson interval in the report covers that) and the agent's own sampling
 (temperature 0.3 for the policy, 1.0 for Best-of-N candidates). This script measures the second one. It re-evaluates
 agents of a finished run directory on the same games with ``--seeds``. It prints, per agent, the mean, standard
-deviation and range of success over the seeds. For pairs of agents (``--compare A/B``) it prints the difference on each
-seed (same games, same seed) and its mean and standard deviation. The run's own stages are never touched.
+deviation and range of success over the seeds, and its success pooled over the seeds with a 95% bootstrap interval over
+games. For pairs of agents (``--compare A/B``) it prints the difference on each seed (same games, same seed), and the
+paired difference over games, d_g = mean_s A[s][g] - mean_s B[s][g], with a 95% bootstrap interval over games
+(`agentprm.pipeline.results.paired_success_difference`): the interval that says whether A is better than B on games
+like these, which the spread over 3 seeds cannot. The run's own stages are never touched.
+
+``--recompute`` rewrites the summaries of an existing results file from the wins it holds, without playing again
+(files written before the game ids were stored index their games by position: every run of one file played the same
+games in the same order).
 
 Agents: ``pi_I`` (the policy of iteration I) and ``bon:I:J:N`` (BoN(pi_I, Q_J) with N samples).
 
     PYTHONPATH=src python benchmarks/eval_noise.py --run RUN --agents pi_0,pi_3,bon:3:2:16 --seeds 1,2,3 \\
         --compare pi_3/pi_0,bon:3:2:16/pi_3 --results benchmarks/results/eval_noise.json
+    PYTHONPATH=src python benchmarks/eval_noise.py --recompute benchmarks/results/eval_noise.json --compare pi_3/pi_0
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from agentprm.pipeline.results import paired_success_difference, pooled_success
+
 
 def parse_agent(text: str) -> tuple[int, int | None, int]:
     """``pi_I`` -> (I, None, 1); ``bon:I:J:N`` -> (I, J, N)."""
@@ -34,6 +44,14 @@ def parse_agent(text: str) -> tuple[int, int | None, int]:
     return int(policy), int(prm), int(n)
 
 
+def parse_run(text: str) -> tuple[str, Path]:
+    """``DIR`` -> ("", DIR); ``NAME=DIR`` -> (NAME, DIR)."""
+    name, _, folder = text.rpartition("=")
+    if "." in name:
+        raise SystemExit(f"eval_noise: run name {name!r} may not contain '.'")
+    return name, Path(folder)
+
+
 def summarize(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values), "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
             "min": min(values), "max": max(values), "n": len(values)}
@@ -41,13 +59,26 @@ def summarize(values: list[float]) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run", required=True, help="a finished `agentprm run` directory")
-    parser.add_argument("--agents", required=True, help="comma-separated: pi_I or bon:I:J:N")
+    parser.add_argument("--run", action="append", default=[], help="a finished `agentprm run` directory, or "
+                        "NAME=DIR (repeatable; then agents are NAME.pi_I, and all runs must evaluate the same games)")
+    parser.add_argument("--agents", help="comma-separated: pi_I or bon:I:J:N (NAME.pi_I with named runs)")
+    parser.add_argument("--recompute", metavar="RESULTS", help="rewrite RESULTS' summaries from its wins; no play")
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated evaluation seeds")
     parser.add_argument("--compare", default="", help="comma-separated A/B pairs of agents: differences per seed")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--results", required=True, help="JSON file to write")
+    parser.add_argument("--results", help="JSON file to write")
     args = parser.parse_args(argv)
+    pairs = [p.strip() for p in args.compare.split(",") if p.strip()]
+    if args.recompute:
+        path = Path(args.recompute)
+        results = json.loads(path.read_text())
+        pairs = pairs or list(results.get("comparisons", {}))
+        summarise(results, pairs)
+        path.write_text(json.dumps(results, indent=1) + "\n")
+        print_table(results)
+        return 0
+    if not (args.run and args.agents and args.results):
+        parser.error("--run, --agents and --results are required (or --recompute RESULTS)")
 
     import torch
 
@@ -59,49 +90,88 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    run_dir = Path(args.run)
-    config = load_config(RunConfig, run_dir / "config.yaml")
-    ctx = RunContext(config, run_dir, log=lambda message: None)
-    games = ctx.eval_games()
+    runs = dict(parse_run(text) for text in args.run)
     agents = [a.strip() for a in args.agents.split(",") if a.strip()]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     results = {"benchmark": "eval_noise", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "command": "python " + " ".join(sys.argv), "run": str(run_dir), "games": len(games),
-               "max_steps": config.eval.max_steps, "seeds": seeds, "runs": []}
+               "command": "python " + " ".join(sys.argv), "run": {k: str(v) for k, v in runs.items()}, "games": None,
+               "game_ids": None, "max_steps": None, "seeds": seeds, "runs": []}
+    if list(runs) == [""]:
+        results["run"] = str(runs[""])
     out = Path(args.results)
     out.parent.mkdir(parents=True, exist_ok=True)
+    contexts = {}
     for agent in agents:
-        policy_iteration, prm_iteration, n = parse_agent(agent)
+        label, name = agent.rsplit(".", 1) if "." in agent else ("", agent)
+        if label not in runs:
+            raise SystemExit(f"eval_noise: agent {agent!r} names run {label!r}; runs given: {sorted(runs)}")
+        if label not in contexts:
+            config = load_config(RunConfig, runs[label] / "config.yaml")
+            contexts[label] = (config, RunContext(config, runs[label], log=lambda message: None))
+        config, ctx = contexts[label]
+        games = ctx.eval_games()
+        policy_iteration, prm_iteration, n = parse_agent(name)
         for seed in seeds:
             started = time.perf_counter()
             player = run_stages._agent(ctx, policy_iteration, prm_iteration, n, seed)
             evaluation = evaluate_policy(config.games.env, games, player, agent, max_steps=config.eval.max_steps,
                                          num_envs=config.num_envs, workers=config.workers, seed=seed)
-            wins = [bool(r.won) for r in sorted(evaluation.results, key=lambda r: r.game.game_id)]
+            played = sorted(evaluation.results, key=lambda r: r.game.game_id)
+            ids = [r.game.game_id for r in played]
+            if results["game_ids"] is None:
+                results.update(game_ids=ids, games=len(ids), max_steps=config.eval.max_steps)
+            elif ids != results["game_ids"] or config.eval.max_steps != results["max_steps"]:
+                raise SystemExit(f"eval_noise: run {label!r} evaluates other games or another step budget")
             results["runs"].append({"agent": agent, "seed": seed, "success": evaluation.success,
-                                    "ci95": list(evaluation.ci95), "wins": wins,
+                                    "ci95": list(evaluation.ci95), "wins": [bool(r.won) for r in played],
                                     "seconds": time.perf_counter() - started})
             print(f"{agent} seed {seed}: {evaluation.success:.1%} ({time.perf_counter() - started:.0f} s)",
                   flush=True)
             out.write_text(json.dumps(results, indent=1) + "\n")  # partial results survive a kill
 
-    by_agent = {a: [r for r in results["runs"] if r["agent"] == a] for a in agents}
-    results["agents"] = {a: summarize([r["success"] for r in rows]) for a, rows in by_agent.items()}
-    results["comparisons"] = {}
-    for pair in (p.strip() for p in args.compare.split(",") if p.strip()):
-        a, b = pair.split("/")
-        per_seed = {r["seed"]: r["success"] for r in by_agent[a]}
-        diffs = [per_seed[r["seed"]] - r["success"] for r in by_agent[b] if r["seed"] in per_seed]
-        results["comparisons"][pair] = summarize(diffs)
+    summarise(results, pairs)
     out.write_text(json.dumps(results, indent=1) + "\n")
-    print("| agent | mean success | stdev over seeds | range |")
-    print("|---|---|---|---|")
-    for agent, stats in results["agents"].items():
-        print(f"| {agent} | {stats['mean']:.1%} | {stats['stdev']:.1%} | {stats['min']:.1%}-{stats['max']:.1%} |")
-    for pair, stats in results["comparisons"].items():
-        print(f"| {pair} (difference, same seed) | {stats['mean']:+.1%} | {stats['stdev']:.1%} | "
-              f"{stats['min']:+.1%}..{stats['max']:+.1%} |")
+    print_table(results)
     return 0
+
+
+def wins_by_seed(results: dict, agent: str) -> dict[int, dict[str, bool]]:
+    """wins[seed][game id] of one agent (game ids by position in files written before they were stored)."""
+    rows = [r for r in results["runs"] if r["agent"] == agent]
+    if not rows:
+        raise SystemExit(f"eval_noise: no runs of agent {agent!r} in the results")
+    ids = results.get("game_ids") or [str(i) for i in range(len(rows[0]["wins"]))]
+    return {r["seed"]: dict(zip(ids, r["wins"], strict=True)) for r in rows}
+
+
+def summarise(results: dict, pairs: list[str]) -> None:
+    """Fill results["agents"] and results["comparisons"] (module doc) from results["runs"]."""
+    agents = list(dict.fromkeys(r["agent"] for r in results["runs"]))
+    results["agents"] = {}
+    for agent in agents:
+        stats = summarize([r["success"] for r in results["runs"] if r["agent"] == agent])
+        results["agents"][agent] = {**stats, "pooled": pooled_success(wins_by_seed(results, agent))}
+    results["comparisons"] = {}
+    for pair in pairs:
+        a, b = pair.split("/")
+        wins_a, wins_b = wins_by_seed(results, a), wins_by_seed(results, b)
+        diffs = [sum(wins_a[s].values()) / len(wins_a[s]) - sum(wins_b[s].values()) / len(wins_b[s])
+                 for s in wins_b if s in wins_a]
+        results["comparisons"][pair] = {**summarize(diffs), "paired": paired_success_difference(wins_a, wins_b)}
+
+
+def print_table(results: dict) -> None:
+    print("| agent | mean success | stdev over seeds | range | pooled over seeds and games [95% CI] |")
+    print("|---|---|---|---|---|")
+    for agent, stats in results["agents"].items():
+        pooled = stats["pooled"]
+        print(f"| {agent} | {stats['mean']:.1%} | {stats['stdev']:.1%} | {stats['min']:.1%}-{stats['max']:.1%} | "
+              f"{pooled['success']:.1%} [{pooled['ci95'][0]:.1%}, {pooled['ci95'][1]:.1%}] |")
+    for pair, stats in results["comparisons"].items():
+        paired = stats["paired"]
+        print(f"| {pair} (difference, same seed) | {stats['mean']:+.1%} | {stats['stdev']:.1%} | "
+              f"{stats['min']:+.1%}..{stats['max']:+.1%} | paired over {paired['games']} games: "
+              f"{paired['difference']:+.1%} [{paired['ci95'][0]:+.1%}, {paired['ci95'][1]:+.1%}] |")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -81,16 +80,13 @@ def evaluate(folder: Path, iteration: int, seeds: list[int]) -> dict[int, dict[s
     return out
 
 
-def paired(wins: dict[int, dict[str, bool]], base: dict[int, dict[str, bool]], resamples: int = 2000,
-           seed: int = 0) -> dict:
-    """Mean over games of (mean over seeds of win - base win), with a 95% bootstrap interval over games."""
-    games = sorted(base[next(iter(base))])
-    seeds = sorted(set(wins) & set(base))
-    per_game = [sum(wins[s][g] - base[s][g] for s in seeds) / len(seeds) for g in games]
-    rng = random.Random(seed)
-    means = sorted(sum(per_game[rng.randrange(len(games))] for _ in games) / len(games) for _ in range(resamples))
-    return {"value": sum(per_game) / len(games), "ci95": [means[int(0.025 * resamples)],
-                                                         means[int(0.975 * resamples) - 1]], "games": len(games)}
+def paired(wins: dict[int, dict[str, bool]], base: dict[int, dict[str, bool]]) -> dict:
+    """Mean over games of (mean over seeds of win - base win), with a 95% bootstrap interval over games
+    (`agentprm.pipeline.results.paired_success_difference`)."""
+    from agentprm.pipeline.results import paired_success_difference
+
+    result = paired_success_difference(wins, base)
+    return {"value": result["difference"], "ci95": result["ci95"], "games": result["games"]}
 
 
 def success(wins: dict[int, dict[str, bool]]) -> float:

@@ -52,3 +52,49 @@ def test_the_step_budget_must_be_the_evaluation_budget():
     with pytest.raises((ValueError, ConfigError), match="step_budget"):
         load_config(RunConfig, {"prompt": {"step_budget": 20}, "eval": {"max_steps": 30}}).validate()
     load_config(RunConfig, {"prompt": {"step_budget": 30}, "eval": {"max_steps": 30}}).validate()
+
+
+def test_eval_noise_pairs_agents_over_games_and_recomputes(kl_run, tmp_path):
+    """benchmarks/eval_noise.py on the tiny run: per-seed rows, the paired interval over games, --recompute, and
+    named runs (the same run under two names: the paired difference of an agent with itself is exactly 0)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {"PYTHONPATH": str(root / "src"), "PATH": ""}
+    out = tmp_path / "noise.json"
+    done = subprocess.run([sys.executable, "benchmarks/eval_noise.py", "--run", str(kl_run), "--agents", "pi_0,pi_1",
+                           "--seeds", "1,2", "--compare", "pi_1/pi_0", "--results", str(out)],
+                          cwd=root, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(out.read_text())
+    games = results["games"]
+    assert games == len(results["game_ids"]) > 0
+    assert [(r["agent"], r["seed"]) for r in results["runs"]] == [("pi_0", 1), ("pi_0", 2), ("pi_1", 1), ("pi_1", 2)]
+    wins = {(r["agent"], r["seed"]): r["wins"] for r in results["runs"]}
+    by_hand = sum((wins["pi_1", 1][g] + wins["pi_1", 2][g] - wins["pi_0", 1][g] - wins["pi_0", 2][g]) / 2
+                  for g in range(games)) / games
+    paired = results["comparisons"]["pi_1/pi_0"]["paired"]
+    assert paired["difference"] == pytest.approx(by_hand) and paired["games"] == games
+    assert paired["ci95"][0] <= by_hand <= paired["ci95"][1]
+    pooled = results["agents"]["pi_0"]["pooled"]
+    assert pooled["success"] == pytest.approx(sum(wins["pi_0", 1] + wins["pi_0", 2]) / (2 * games))
+
+    before = out.read_text()
+    done = subprocess.run([sys.executable, "benchmarks/eval_noise.py", "--recompute", str(out)], cwd=root, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(out.read_text()) == json.loads(before)
+    assert "paired over" in done.stdout
+
+    named = tmp_path / "named.json"
+    done = subprocess.run([sys.executable, "benchmarks/eval_noise.py", "--run", f"a={kl_run}", "--run", f"b={kl_run}",
+                           "--agents", "a.pi_0,b.pi_0", "--seeds", "1", "--compare", "b.pi_0/a.pi_0",
+                           "--results", str(named)], cwd=root, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    same = json.loads(named.read_text())["comparisons"]["b.pi_0/a.pi_0"]["paired"]
+    assert same["difference"] == 0.0 and same["ci95"] == [0.0, 0.0]
+    done = subprocess.run([sys.executable, "benchmarks/eval_noise.py", "--run", f"a={kl_run}", "--agents", "c.pi_0",
+                           "--results", str(tmp_path / "x.json")], cwd=root, env=env, capture_output=True, text=True)
+    assert done.returncode != 0 and "names run 'c'" in done.stderr

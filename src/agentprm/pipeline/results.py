@@ -3,12 +3,21 @@
 Wilson score interval for k successes in n trials at z = 1.96:
 
     center = (p + z^2 / 2n) / (1 + z^2 / n),   half = z * sqrt(p (1 - p) / n + z^2 / 4n^2) / (1 + z^2 / n)
+
+Paired difference of two agents on the same games, each played with one or more sampling seeds (``wins[seed][game]``):
+
+    d_g = mean_s A[s][g] - mean_s B[s][g],    difference = mean_g d_g,
+
+with a 95% percentile bootstrap interval over games (the games are the unit that was drawn; the seeds of one game
+are averaged first, so a game counts once however many seeds played it).
 """
 
 from __future__ import annotations
 
 import math
+import random
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 
@@ -21,6 +30,47 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
     center = (p + z * z / (2 * trials)) / denominator
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
     return max(0.0, center - half), min(1.0, center + half)
+
+
+def _per_game_success(wins: Mapping[int, Mapping[str, bool]], name: str) -> dict[str, float]:
+    """mean over seeds of each game's win; every seed must have played the same games."""
+    if not wins:
+        raise ValueError(f"{name}: no seeds")
+    games = {seed: set(by_game) for seed, by_game in wins.items()}
+    first = next(iter(games.values()))
+    if any(g != first for g in games.values()):
+        raise ValueError(f"{name}: the seeds played different games")
+    return {game: sum(float(wins[seed][game]) for seed in wins) / len(wins) for game in sorted(first)}
+
+
+def paired_success_difference(wins_a: Mapping[int, Mapping[str, bool]], wins_b: Mapping[int, Mapping[str, bool]],
+                              resamples: int = 2000, seed: int = 0) -> dict:
+    """A minus B on the same games (module doc): {"difference", "ci95", "games", "seeds_a", "seeds_b"}.
+
+    ``wins_x[seed][game_id]``: whether agent x won that game with that sampling seed. Raises ``ValueError`` when the
+    two agents did not play the same games."""
+    a = _per_game_success(wins_a, "A")
+    b = _per_game_success(wins_b, "B")
+    if set(a) != set(b):
+        raise ValueError(f"A and B played different games ({len(set(a) ^ set(b))} not in both)")
+    diffs = [a[game] - b[game] for game in a]
+    return {"difference": sum(diffs) / len(diffs), "ci95": _bootstrap_mean_ci(diffs, resamples, seed),
+            "games": len(diffs), "seeds_a": sorted(wins_a), "seeds_b": sorted(wins_b)}
+
+
+def pooled_success(wins: Mapping[int, Mapping[str, bool]], resamples: int = 2000, seed: int = 0) -> dict:
+    """One agent's success pooled over its seeds, mean_g mean_s wins[s][g], with the same bootstrap over games:
+    {"success", "ci95", "games", "seeds"}."""
+    per_game = list(_per_game_success(wins, "the agent").values())
+    return {"success": sum(per_game) / len(per_game), "ci95": _bootstrap_mean_ci(per_game, resamples, seed),
+            "games": len(per_game), "seeds": sorted(wins)}
+
+
+def _bootstrap_mean_ci(values: list[float], resamples: int, seed: int) -> list[float]:
+    """95% percentile interval of the mean of ``values`` resampled with replacement."""
+    rng = random.Random(seed)
+    means = sorted(sum(values[rng.randrange(len(values))] for _ in values) / len(values) for _ in range(resamples))
+    return [means[int(0.025 * (resamples - 1))], means[int(math.ceil(0.975 * (resamples - 1)))]]
 
 
 @dataclass
