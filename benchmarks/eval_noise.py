@@ -14,7 +14,9 @@ like these, which the spread over 3 seeds cannot. The run's own stages are never
 (files written before the game ids were stored index their games by position: every run of one file played the same
 games in the same order).
 
-Agents: ``pi_I`` (the policy of iteration I) and ``bon:I:J:N`` (BoN(pi_I, Q_J) with N samples).
+Agents: ``pi_I`` (the policy of iteration I), ``bon:I:J:N`` (BoN(pi_I, Q_J) with N samples, ranked as the run's
+config says) and ``bon:I:J:N:W`` (the same, ranked by Q + W log pi). With several named runs (``--run NAME=DIR``,
+repeatable) an agent is ``NAME.AGENT``, and A/B pairs may compare agents of different runs on the same games.
 
     PYTHONPATH=src python benchmarks/eval_noise.py --run RUN --agents pi_0,pi_3,bon:3:2:16 --seeds 1,2,3 \\
         --compare pi_3/pi_0,bon:3:2:16/pi_3 --results benchmarks/results/eval_noise.json
@@ -34,19 +36,21 @@ from pathlib import Path
 from agentprm.pipeline.results import paired_success_difference, pooled_success
 
 
-def parse_agent(text: str) -> tuple[int, int | None, int]:
-    """``pi_I`` -> (I, None, 1); ``bon:I:J:N`` -> (I, J, N)."""
+def parse_agent(text: str) -> tuple[int, int | None, int, float | None]:
+    """``pi_I`` -> (I, None, 1, None); ``bon:I:J:N`` -> (I, J, N, None); ``bon:I:J:N:W`` -> (I, J, N, W)."""
     if text.startswith("pi_"):
-        return int(text[3:]), None, 1
-    kind, policy, prm, n = text.split(":")
-    if kind != "bon":
-        raise ValueError(f"agent {text!r}: expected pi_I or bon:I:J:N")
-    return int(policy), int(prm), int(n)
+        return int(text[3:]), None, 1, None
+    fields = text.split(":")
+    if fields[0] != "bon" or len(fields) not in (4, 5):
+        raise ValueError(f"agent {text!r}: expected pi_I, bon:I:J:N or bon:I:J:N:W")
+    return int(fields[1]), int(fields[2]), int(fields[3]), float(fields[4]) if len(fields) == 5 else None
 
 
 def parse_run(text: str) -> tuple[str, Path]:
     """``DIR`` -> ("", DIR); ``NAME=DIR`` -> (NAME, DIR)."""
-    name, _, folder = text.rpartition("=")
+    name, sep, folder = text.partition("=")
+    if not sep:
+        return "", Path(text)
     if "." in name:
         raise SystemExit(f"eval_noise: run name {name!r} may not contain '.'")
     return name, Path(folder)
@@ -110,10 +114,10 @@ def main(argv=None) -> int:
             contexts[label] = (config, RunContext(config, runs[label], log=lambda message: None))
         config, ctx = contexts[label]
         games = ctx.eval_games()
-        policy_iteration, prm_iteration, n = parse_agent(name)
+        policy_iteration, prm_iteration, n, weight = parse_agent(name)
         for seed in seeds:
             started = time.perf_counter()
-            player = run_stages._agent(ctx, policy_iteration, prm_iteration, n, seed)
+            player = run_stages._agent(ctx, policy_iteration, prm_iteration, n, seed, logprob_weight=weight)
             evaluation = evaluate_policy(config.games.env, games, player, agent, max_steps=config.eval.max_steps,
                                          num_envs=config.num_envs, workers=config.workers, seed=seed)
             played = sorted(evaluation.results, key=lambda r: r.game.game_id)
@@ -122,9 +126,11 @@ def main(argv=None) -> int:
                 results.update(game_ids=ids, games=len(ids), max_steps=config.eval.max_steps)
             elif ids != results["game_ids"] or config.eval.max_steps != results["max_steps"]:
                 raise SystemExit(f"eval_noise: run {label!r} evaluates other games or another step budget")
-            results["runs"].append({"agent": agent, "seed": seed, "success": evaluation.success,
-                                    "ci95": list(evaluation.ci95), "wins": [bool(r.won) for r in played],
-                                    "seconds": time.perf_counter() - started})
+            row = {"agent": agent, "seed": seed, "success": evaluation.success, "ci95": list(evaluation.ci95),
+                   "wins": [bool(r.won) for r in played], "seconds": time.perf_counter() - started}
+            if getattr(player, "turns", 0):  # Best-of-N: distinct actions its N samples offered per turn
+                row["distinct_candidates"] = player.distinct_candidates / player.turns
+            results["runs"].append(row)
             print(f"{agent} seed {seed}: {evaluation.success:.1%} ({time.perf_counter() - started:.0f} s)",
                   flush=True)
             out.write_text(json.dumps(results, indent=1) + "\n")  # partial results survive a kill

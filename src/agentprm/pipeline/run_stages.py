@@ -464,7 +464,9 @@ def trajectory_dpo_policy(ctx: RunContext, out: Path, iteration: int) -> None:
 # -- evaluation ------------------------------------------------------------------------------------------------------
 
 
-def _agent(ctx: RunContext, policy_iteration: int, prm_iteration: int | None, n: int, seed: int):
+def _agent(ctx: RunContext, policy_iteration: int, prm_iteration: int | None, n: int, seed: int,
+           logprob_weight: float | None = None):
+    """pi_I, or BoN(pi_I, Q_J) with N candidates ranked by Q + logprob_weight log pi (default: the config's)."""
     from agentprm.agents.best_of_n import BestOfNAgent
     from agentprm.agents.policy_agent import PolicyAgent
 
@@ -475,7 +477,8 @@ def _agent(ctx: RunContext, policy_iteration: int, prm_iteration: int | None, n:
                            max_new_tokens=c.policy.max_new_tokens, seed=seed)
     prm = ctx.load_prm(ctx.prm_path(prm_iteration))
     return BestOfNAgent(policy, prm, n=n, prompt=c.prompt, mode=c.policy.mode,
-                        temperature=c.eval.candidate_temperature(), logprob_weight=c.eval.bon_logprob_weight,
+                        temperature=c.eval.candidate_temperature(),
+                        logprob_weight=c.eval.bon_logprob_weight if logprob_weight is None else logprob_weight,
                         max_new_tokens=c.policy.max_new_tokens, seed=seed)
 
 
