@@ -31,6 +31,8 @@ VARIANTS: dict[str, list[str]] = {
     "kl_0.03": ["policy_step=kl", "kl.beta=0.03"],
     "kl_0.1": ["policy_step=kl", "kl.beta=0.1"],
     "kl_0.3": ["policy_step=kl", "kl.beta=0.3"],
+    "kl_1": ["policy_step=kl", "kl.beta=1.0"],
+    "kl_0.1_steps90": ["policy_step=kl", "kl.beta=0.1", "kl.steps=90"],
     "kl_mc": ["policy_step=kl", "kl.q_source=mc", "kl.beta=0.3"],
     "phi": [],
 }

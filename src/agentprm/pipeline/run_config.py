@@ -99,6 +99,10 @@ class RolloutSettings:
     reset_fraction: float = field(default=0.0, metadata={"range": between(0, 1), 
         "help": "reset distribution: fraction of the episodes per game that first replay a random prefix of the "
                 "game's expert demonstration (the same prefix for a game's reset episodes; 0 = off)"})
+    exclude_demo_games: bool = field(default=False, metadata={
+        "help": "play only the training games that have no expert demonstration (games[demos.count:], needs "
+                "0 < demos.count < games.train): the PRM and the policy step then learn on games pi_0 was not "
+                "fitted to, as the evaluation games are (off: rollouts on the demonstrated games too)"})
     branch_states: int = field(default=0, metadata={"range": at_least(0), 
         "help": "branching rollouts: branch points per base episode, where branch_actions distinct actions "
                 "(drawn from pi without replacement) are each followed by branch_continuations continuations "
@@ -274,6 +278,14 @@ class RunConfig:
             raise ValueError("num_envs must be >= 1 and workers >= 0")
         if self.rollouts.games < 0:
             raise ValueError("rollouts.games must be >= 0")
+        if self.rollouts.exclude_demo_games:
+            if not 0 < self.demos.count < self.games.train:
+                raise ValueError(f"rollouts.exclude_demo_games needs 0 < demos.count < games.train (the games "
+                                 f"after the first demos.count are played), got demos.count={self.demos.count}, "
+                                 f"games.train={self.games.train}")
+            if self.rollouts.reset_fraction:
+                raise ValueError("rollouts.exclude_demo_games plays games without a demonstration, so "
+                                 "rollouts.reset_fraction (which replays demonstration prefixes) must be 0")
         if self.rft.max_steps < 1 or self.rft.lr <= 0 or self.rft.batch_size < 1 or self.rft.warmup_steps < 0:
             raise ValueError("rft.max_steps and rft.batch_size must be >= 1, rft.lr > 0, rft.warmup_steps >= 0")
         if self.inverse.transitions_per_class < 0 or self.inverse.next_action_temperature <= 0:

@@ -141,7 +141,7 @@ def rollouts(ctx: RunContext, out: Path, iteration: int) -> None:
         steered = dataclasses.replace(agent, prompt=hinted, seed=seed + 7919, last_samples={})
         return SteeredAgent(agent, steered, c.rollouts.steer_fraction, seed)
 
-    games = rollout_games(ctx.games("train"), c.rollouts.games, iteration)
+    games = rollout_games(rollout_pool(ctx), c.rollouts.games, iteration)
     seed = _seed(ctx, "rollouts", iteration)
     collect_rollouts(c.games.env, games, make_agent, out, c.rollouts.episodes_per_game,
                      c.rollouts.max_steps, policy_id=f"pi_{iteration - 1}", seed=seed,
@@ -187,6 +187,13 @@ def reset_shards(ctx: RunContext, games: list, seed: int) -> dict[int, dict[str,
              if r.won}
     prefixes = reset_prefixes(demos, games, seed, max_prefix=c.max_steps - 1)  # replayed steps count in max_steps
     return {k: prefixes for k in range(count)}
+
+
+def rollout_pool(ctx: RunContext) -> list:
+    """The training games rollouts may play: all of them, or with ``rollouts.exclude_demo_games`` only those after
+    the first ``demos.count`` (the demonstrated ones, see ``demos``)."""
+    games = ctx.games("train")
+    return games[ctx.config.demos.count:] if ctx.config.rollouts.exclude_demo_games else games
 
 
 def rollout_games(games: list, count: int, iteration: int) -> list:
