@@ -235,7 +235,8 @@ STAGE_COMMANDS = {
     "rollout": "pi_{i-1} plays the training games (iteration i's rollouts, sharded and resumable)",
     "targets": "Monte Carlo Q targets of iteration i's rollouts (Parquet + histogram)",
     "train-prm": "train Q_{i-1} on iteration i's targets",
-    "train-policy": "online DPO: pi_i against Q_{i-1} with reference pi_{i-1}",
+    "train-policy": "the policy step (policy_step: online DPO or the exact KL step): pi_i against Q_{i-1}, "
+                    "reference pi_{i-1}",
 }
 EVAL_STAGE_HELP = "evaluate iteration i's rows on the fixed games (no --iteration: the final Best-of-N curve)"
 
