@@ -1,4 +1,5 @@
-"""rollouts.exclude_demo_games: rollouts play only the training games without a demonstration."""
+"""Which training games are demonstrated and which ones rollouts play: the balanced order over task types and
+rollouts.exclude_demo_games."""
 
 from types import SimpleNamespace
 
@@ -6,26 +7,60 @@ import pytest
 
 from agentprm.config import ConfigError, load_config
 from agentprm.pipeline.run_config import RunConfig
-from agentprm.pipeline.run_stages import rollout_games, rollout_pool
+from agentprm.pipeline.run_stages import balanced_order, demo_games, rollout_games, rollout_pool
 
 
-def context(exclude: bool, count: int, games=tuple("abcdefgh")):
+def game(game_id: str):
+    """a game whose task type is the id's letter: 'a1' is of type a"""
+    return SimpleNamespace(game_id=game_id, task_type=game_id[0])
+
+
+# sorted by id, as the game lists are: grouped by task type
+GAMES = [game(i) for i in ("a1", "a2", "a3", "b1", "b2", "b3", "c1", "c2")]
+
+
+def ids(games):
+    return [g.game_id for g in games]
+
+
+def context(exclude: bool, count: int, games=GAMES):
     config = load_config(RunConfig, {"games": {"train": len(games)}, "demos": {"count": count},
                                      "rollouts": {"exclude_demo_games": exclude}})
     config.validate()
     return SimpleNamespace(config=config, games=lambda split: list(games) if split == "train" else [])
 
 
+def test_balanced_order_deals_round_robin_over_task_types():
+    assert ids(balanced_order(GAMES)) == ["a1", "b1", "c1", "a2", "b2", "c2", "a3", "b3"]
+    assert balanced_order([]) == []
+    untyped = list("xyz")  # no task type: one group, order kept
+    assert balanced_order(untyped) == untyped
+
+
+def test_demonstrated_games_are_a_balanced_prefix():
+    assert ids(demo_games(context(False, 3))) == ["a1", "b1", "c1"]
+    assert demo_games(context(False, 0)) == GAMES
+
+
 def test_the_pool_is_every_training_game_by_default():
-    assert rollout_pool(context(False, 3)) == list("abcdefgh")
-    assert rollout_pool(context(False, 0)) == list("abcdefgh")
+    assert rollout_pool(context(False, 3)) == GAMES
+    assert rollout_pool(context(False, 0)) == GAMES
 
 
-def test_excluding_demo_games_leaves_the_games_after_the_first_count():
+def test_excluding_demo_games_leaves_the_undemonstrated_ones():
     pool = rollout_pool(context(True, 3))
-    assert pool == list("defgh")
-    # iteration windows then wrap around inside the pool, never reaching a demonstrated game
-    assert rollout_games(pool, 2, 1) == list("de") and rollout_games(pool, 2, 3) == list("hd")
+    assert ids(pool) == ["a2", "a3", "b2", "b3", "c2"]
+    # windows take the pool in balanced order and wrap around inside it, never reaching a demonstrated game
+    assert ids(rollout_games(pool, 2, 1)) == ["a2", "b2"]
+    assert ids(rollout_games(pool, 2, 2)) == ["c2", "a3"]
+    assert ids(rollout_games(pool, 2, 3)) == ["b3", "a2"]
+
+
+def test_windows_hold_every_task_type():
+    games = [game(f"{t}{i:02d}") for t in "abcdef" for i in range(10)]  # 6 types x 10, sorted by id
+    for iteration in (1, 2, 3):
+        window = rollout_games(games, 12, iteration)
+        assert sorted(g.task_type for g in window) == sorted("abcdef" * 2)
 
 
 @pytest.mark.parametrize("settings, message", [

@@ -63,7 +63,7 @@ class ModelSettings:
 class DemoSettings:
     expert: Literal["handcoded", "planner"] = field(default="handcoded", metadata={"help": "ALFWorld expert"})
     count: int = field(default=0, metadata={
-        "range": at_least(0), "help": "demonstrations from the first N training games (0 = all)"})
+        "range": at_least(0), "help": "demonstrations of N training games, dealt round-robin over the task types (0 = all)"})
     max_steps: int = field(default=50, metadata={"range": at_least(1), "help": "expert step budget"})
 
 
@@ -90,7 +90,8 @@ class RolloutSettings:
     max_steps: int = field(default=30, metadata={"range": at_least(1), "help": "actions per episode"})
     games: int = field(default=0, metadata={
         "range": at_least(0), "help": "training games played per iteration (0 = all); iteration i takes the i-th "
-                                      "window of this many, wrapping around"})
+                                      "window of this many, wrapping around, of the games dealt round-robin over "
+                                      "the task types (every window holds every type)"})
     steer_fraction: float = field(default=0.0, metadata={"range": between(0, 1), 
         "help": "steered exploration: probability that a rollout step samples with `hint` in the prompt (training "
                 "always uses the nominal prompt; 0 = off; reference code: 0.5)"})
@@ -100,8 +101,8 @@ class RolloutSettings:
         "help": "reset distribution: fraction of the episodes per game that first replay a random prefix of the "
                 "game's expert demonstration (the same prefix for a game's reset episodes; 0 = off)"})
     exclude_demo_games: bool = field(default=False, metadata={
-        "help": "play only the training games that have no expert demonstration (games[demos.count:], needs "
-                "0 < demos.count < games.train): the PRM and the policy step then learn on games pi_0 was not "
+        "help": "play only the training games that have no expert demonstration (all but the demos.count "
+                "demonstrated ones, needs 0 < demos.count < games.train): the PRM and the policy step then learn on games pi_0 was not "
                 "fitted to, as the evaluation games are (off: rollouts on the demonstrated games too)"})
     branch_states: int = field(default=0, metadata={"range": at_least(0), 
         "help": "branching rollouts: branch points per base episode, where branch_actions distinct actions "

@@ -37,9 +37,7 @@ def generate(ctx: RunContext, out: Path) -> None:
 def demos(ctx: RunContext, out: Path) -> None:
     from agentprm.pipeline.demos import record_demos
 
-    games = ctx.games("train")
-    if ctx.config.demos.count:
-        games = games[: ctx.config.demos.count]
+    games = demo_games(ctx)
     table = record_demos(ctx.config.games.env, games, out / "demos.jsonl",
                          expert=ctx.config.demos.expert, max_steps=ctx.config.demos.max_steps,
                          workers=ctx.config.pool(), num_envs=ctx.config.num_envs, progress=ctx.config.progress)
@@ -189,19 +187,44 @@ def reset_shards(ctx: RunContext, games: list, seed: int) -> dict[int, dict[str,
     return {k: prefixes for k in range(count)}
 
 
-def rollout_pool(ctx: RunContext) -> list:
-    """The training games rollouts may play: all of them, or with ``rollouts.exclude_demo_games`` only those after
-    the first ``demos.count`` (the demonstrated ones, see ``demos``)."""
+def balanced_order(games: list) -> list:
+    """The games dealt round-robin over their task types (type names sorted, each type's games in the given order),
+    so that every prefix and every window holds the types in equal shares (+-1 while every type lasts).
+
+    The game lists are sorted by id, which groups them by task type: without this, the first 96 of 192 quickstart
+    games are all one type, and the 200-game rollout windows of 800 games each cover one or two of the six types."""
+    by_type: dict[str, list] = {}
+    for game in games:
+        by_type.setdefault(str(getattr(game, "task_type", "") or ""), []).append(game)
+    queues = [by_type[t] for t in sorted(by_type)]
+    return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
+
+
+def demo_games(ctx: RunContext) -> list:
+    """The training games with a demonstration: all of them, or the first ``demos.count`` in balanced order."""
     games = ctx.games("train")
-    return games[ctx.config.demos.count:] if ctx.config.rollouts.exclude_demo_games else games
+    count = ctx.config.demos.count
+    return balanced_order(games)[:count] if count and count < len(games) else games
+
+
+def rollout_pool(ctx: RunContext) -> list:
+    """The training games rollouts may play: all of them, or with ``rollouts.exclude_demo_games`` those without a
+    demonstration (see ``demo_games``), in id order."""
+    games = ctx.games("train")
+    if not ctx.config.rollouts.exclude_demo_games:
+        return games
+    demonstrated = {game.game_id for game in demo_games(ctx)}
+    return [game for game in games if game.game_id not in demonstrated]
 
 
 def rollout_games(games: list, count: int, iteration: int) -> list:
     """The training games of iteration ``iteration``'s rollouts: all of them when ``count`` is 0 (or covers them),
-    else the window ``games[(iteration - 1) * count : iteration * count]`` taken cyclically, so successive
-    iterations collect data on different games while the list lasts."""
+    else the window ``balanced[(iteration - 1) * count : iteration * count]`` of the games in balanced order
+    (``balanced_order``: every window holds every task type), taken cyclically, so successive iterations collect
+    data on different games while the list lasts."""
     if count == 0 or count >= len(games):
         return list(games)
+    games = balanced_order(games)
     start = (iteration - 1) * count
     return [games[(start + k) % len(games)] for k in range(count)]
 
