@@ -12,7 +12,8 @@ like these, which the spread over 3 seeds cannot. The run's own stages are never
 
 ``--recompute`` rewrites the summaries of an existing results file from the wins it holds, without playing again
 (files written before the game ids were stored index their games by position: every run of one file played the same
-games in the same order).
+games in the same order); ``--merge FILE ...`` first adds the runs of other results files on the same games, so that
+agents evaluated by separate invocations can be paired.
 
 Agents: ``pi_I`` (the policy of iteration I), ``bon:I:J:N`` (BoN(pi_I, Q_J) with N samples, ranked as the run's
 config says) and ``bon:I:J:N:W`` (the same, ranked by Q + W log pi). With several named runs (``--run NAME=DIR``,
@@ -67,6 +68,8 @@ def main(argv=None) -> int:
                         "NAME=DIR (repeatable; then agents are NAME.pi_I, and all runs must evaluate the same games)")
     parser.add_argument("--agents", help="comma-separated: pi_I or bon:I:J:N (NAME.pi_I with named runs)")
     parser.add_argument("--recompute", metavar="RESULTS", help="rewrite RESULTS' summaries from its wins; no play")
+    parser.add_argument("--merge", nargs="+", default=[], metavar="FILE", help="with --recompute: add the runs of "
+                        "these results files (same games) to RESULTS first")
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated evaluation seeds")
     parser.add_argument("--compare", default="", help="comma-separated A/B pairs of agents: differences per seed")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -76,6 +79,13 @@ def main(argv=None) -> int:
     if args.recompute:
         path = Path(args.recompute)
         results = json.loads(path.read_text())
+        for other in args.merge:  # runs of other files, on the same games, join this one's
+            extra = json.loads(Path(other).read_text())
+            if extra.get("game_ids") != results.get("game_ids") or extra.get("max_steps") != results.get("max_steps"):
+                raise SystemExit(f"eval_noise: {other} holds other games or another step budget than {path}")
+            known = {(r["agent"], r["seed"]) for r in results["runs"]}
+            results["runs"] += [r for r in extra["runs"] if (r["agent"], r["seed"]) not in known]
+            results.setdefault("merged", []).append(str(other))
         pairs = pairs or list(results.get("comparisons", {}))
         summarise(results, pairs)
         path.write_text(json.dumps(results, indent=1) + "\n")

@@ -26,3 +26,33 @@ def test_runs_parse():
     assert eval_noise.parse_run("w6=/tmp/a") == ("w6", Path("/tmp/a"))
     with pytest.raises(SystemExit, match="may not contain"):
         eval_noise.parse_run("a.b=/tmp/a")
+
+
+def test_recompute_merges_files_on_the_same_games(tmp_path):
+    """--recompute --merge: runs of another file join; the paired difference is then computed by hand."""
+    import json
+    import subprocess
+    import sys
+
+    base = {"game_ids": ["g0", "g1", "g2", "g3"], "max_steps": 30, "runs": [
+        {"agent": "a.pi_0", "seed": 1, "success": 0.25, "wins": [True, False, False, False]},
+        {"agent": "a.pi_0", "seed": 2, "success": 0.5, "wins": [True, True, False, False]}]}
+    other = {"game_ids": base["game_ids"], "max_steps": 30, "runs": [
+        {"agent": "b.pi_0", "seed": 1, "success": 0.75, "wins": [True, True, True, False]}]}
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps(base))
+    second.write_text(json.dumps(other))
+    env = {"PYTHONPATH": str(ROOT / "src"), "PATH": ""}
+    done = subprocess.run([sys.executable, "benchmarks/eval_noise.py", "--recompute", str(first), "--merge",
+                           str(second), "--compare", "b.pi_0/a.pi_0"], cwd=ROOT, env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    merged = json.loads(first.read_text())
+    # a per game: 1, .5, 0, 0; b: 1, 1, 1, 0 -> d = 0, .5, 1, 0 -> mean .375
+    assert merged["comparisons"]["b.pi_0/a.pi_0"]["paired"]["difference"] == pytest.approx(0.375)
+    assert merged["merged"] == [str(second)] and len(merged["runs"]) == 3
+    other["game_ids"] = ["g0", "g1", "g2", "x"]
+    second.write_text(json.dumps(other))
+    done = subprocess.run([sys.executable, "benchmarks/eval_noise.py", "--recompute", str(first), "--merge",
+                           str(second)], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode != 0 and "other games" in done.stderr
