@@ -192,7 +192,7 @@ def balanced_order(games: list) -> list:
     so that every prefix and every window holds the types in equal shares (+-1 while every type lasts).
 
     The game lists are sorted by id, which groups them by task type: without this, the first 96 of 192 quickstart
-    games are all one type, and the 200-game rollout windows of 800 games each cover one or two of the six types."""
+    games are all one type, and the 200-game rollout windows of 800 games each cover two or three of the six types."""
     by_type: dict[str, list] = {}
     for game in games:
         by_type.setdefault(str(getattr(game, "task_type", "") or ""), []).append(game)
