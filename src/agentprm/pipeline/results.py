@@ -15,7 +15,6 @@ are averaged first, so a game counts once however many seeds played it).
 from __future__ import annotations
 
 import math
-import random
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -67,10 +66,10 @@ def pooled_success(wins: Mapping[int, Mapping[str, bool]], resamples: int = 2000
 
 
 def _bootstrap_mean_ci(values: list[float], resamples: int, seed: int) -> list[float]:
-    """95% percentile interval of the mean of ``values`` resampled with replacement."""
-    rng = random.Random(seed)
-    means = sorted(sum(values[rng.randrange(len(values))] for _ in values) / len(values) for _ in range(resamples))
-    return [means[int(0.025 * (resamples - 1))], means[int(math.ceil(0.975 * (resamples - 1)))]]
+    """95% percentile interval of the mean of ``values`` resampled with replacement (each value one unit)."""
+    from agentprm.algorithms.action_ranking import bootstrap_ci
+
+    return bootstrap_ci([(v, 1) for v in values], resamples, seed)
 
 
 @dataclass
