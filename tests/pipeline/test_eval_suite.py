@@ -253,7 +253,10 @@ def test_an_api_model_behind_a_real_server_plays_with_the_papers_prompt(alfworld
     base_url, model = chat_server
     config = {"games": {"root": str(root)}, "eval_games": 2, "max_steps": 2, "num_envs": 2, "agents": [
         {"kind": "api", "name": "smollm2", "api": {"base_url": base_url, "model": model, "max_tokens": 40,
-                                                   "concurrency": 2, "price_input_per_mtok": 1.0}}]}
+                                                   "concurrency": 2, "price_input_per_mtok": 1.0,
+                                                   # the server runs one request at a time; on a loaded 2-core
+                                                   # machine the queued one waited past the 60 s default
+                                                   "timeout": 600}}]}
     summary = evaluate_suite(load_config(EvalConfig, config), tmp_path / "out", log=lambda _: None)
     (row,) = summary["rows"]
     assert (row["agent"], row["kind"], row["n"], row["prm"], row["episodes"]) == ("smollm2", "api", 1, None, 2)
