@@ -11,12 +11,18 @@ PRM, and the policy's own log-probability, is graded on one states file of held-
 Reported per variant: the rollouts' episodes and environment steps (policy-chosen and replayed apart), the
 targets' states and multi-action states, the PRM's own validation diagnostics, its training time, and the oracle
 grade (printed by ``prm_oracle.py grade``, merged into ``--results``).
+
+``--prm-init LABEL=MODEL`` also trains each variant's PRM from another initial model (for instance a larger
+preset's pi_0, SFT on the same demonstrations) on the SAME rollouts and targets, in ``OUT/VARIANT@LABEL``: the
+capacity test, PRM size apart from data. The rollouts, and so the ground truth's policy, stay the base's pi_0;
+only the PRM's initialisation (for the implicit PRM also its reference pi_ref) changes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -71,6 +77,26 @@ def prepare(base: Path, folder: Path, overrides: list[str], donor: Path | None) 
         shutil.copytree(donor / "iter_1" / "rollouts", folder / "iter_1" / "rollouts")
 
 
+def prepare_with_init(source: Path, folder: Path, init: Path) -> None:
+    """``folder``: the finished variant ``source`` (config, shared stages, iteration 1's rollouts and targets, hard
+    links) with ``init`` in place of pi_0, so that its ``train-prm`` starts from ``init``; nothing of ``source``
+    is modified (hard-linked files are only read)."""
+    if not (init / "config.json").is_file():
+        raise SystemExit(f"--prm-init: {init} is not a model folder (no config.json)")
+    if (folder / "iter_1" / "prm").is_dir():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source / "config.yaml", folder / "config.yaml")
+    for name in (*SHARED, "iter_1/rollouts", "iter_1/targets"):
+        target = folder / name
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(source / name, target, symlinks=True, copy_function=os.link)
+    policy = folder / "iter_0" / "policy" / "model"
+    shutil.rmtree(policy)
+    shutil.copytree(init, policy, copy_function=os.link)
+
+
 def run_stages(folder: Path) -> float:
     start = time.perf_counter()
     for stage in STAGES:
@@ -118,7 +144,12 @@ def main() -> None:
     parser.add_argument("--results", default="", help="JSON to merge the grades into (prm_oracle.py grade)")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), help=f"of {', '.join(VARIANTS)}")
     parser.add_argument("--chosen", default="", help="the variant the configs use")
+    parser.add_argument("--prm-init", default="", metavar="LABEL=MODEL",
+                        help="also train every variant's PRM from MODEL on the same rollouts (OUT/VARIANT@LABEL)")
     args = parser.parse_args()
+    init_label, _, init_model = args.prm_init.partition("=")
+    if args.prm_init and not (init_label and init_model):
+        raise SystemExit(f"--prm-init must be LABEL=MODEL, got {args.prm_init!r}")
     base, out = Path(args.base), Path(args.out)
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
@@ -132,6 +163,13 @@ def main() -> None:
         donors.setdefault(key, folder)
         rows.append(variant_row(name, folder, VARIANTS[name], seconds))
         print(json.dumps(rows[-1]), flush=True)
+        if init_model:
+            other = out / f"{name}@{init_label}"
+            prepare_with_init(folder, other, Path(init_model))
+            seconds = run_stages(other)
+            rows.append({**variant_row(f"{name}@{init_label}", other, VARIANTS[name], seconds),
+                         "prm_init": init_model})
+            print(json.dumps(rows[-1]), flush=True)
     (out / "variants.json").write_text(json.dumps(rows, indent=2) + "\n")
     here = Path(__file__).parent
     command = [sys.executable, str(here / "prm_oracle.py"), "grade", args.states,
