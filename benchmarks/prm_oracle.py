@@ -194,7 +194,8 @@ def merge_results(path: Path, args: argparse.Namespace, data: dict, rows: dict, 
     if old.get("states_file") != str(args.states) or old.get("delta") != args.delta:
         old = {}
     merged = {**old.get("rankers", {}), **rows}
-    result = {"states_file": str(args.states), "delta": args.delta, "states": count,
+    # keys other scripts add (prm_variants.py's "variants") survive a later grade of the same states
+    result = {**old, "states_file": str(args.states), "delta": args.delta, "states": count,
               "estimate": {k: data[k] for k in ("command", "run", "policy", "split", "settings", "seconds", "timings",
                                                 "continuation_steps", "games", "machine", "date") if k in data},
               "split_half_agreement": agreement, "rankers": merged,

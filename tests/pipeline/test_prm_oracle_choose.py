@@ -41,3 +41,23 @@ def test_choose_an_ungraded_ranker_fails_and_keeps_the_file(tmp_path):
     done = run_choose(path, "nope")
     assert done.returncode != 0 and "no such ranker" in done.stderr
     assert path.read_text() == text
+
+
+def test_a_later_grade_keeps_the_rows_and_keys_of_earlier_ones(tmp_path):
+    import argparse
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from prm_oracle import merge_results
+
+    path = tmp_path / "oracle.json"
+    policy = {"what": "pi_0", "pairwise_accuracy": metric(0.6, 0.5, 0.7)}
+    path.write_text(json.dumps({"states_file": "s.json", "delta": 0.1, "rankers": {"policy": policy, "a": policy},
+                                "variants": {"a": {"prm_seconds": 3}}}))
+    args = argparse.Namespace(states="s.json", delta=0.1, chosen="")
+    merge_results(path, args, {}, {"b": policy}, {"value": 0.9}, 5)
+    result = json.loads(path.read_text())
+    assert sorted(result["rankers"]) == ["a", "b", "policy"]
+    assert result["variants"] == {"a": {"prm_seconds": 3}} and result["states"] == 5
+    # other states: earlier rows do not mix in
+    merge_results(path, argparse.Namespace(states="t.json", delta=0.1, chosen=""), {}, {"policy": policy}, {}, 2)
+    assert sorted(json.loads(path.read_text())["rankers"]) == ["policy"]
