@@ -16,6 +16,13 @@ grade (printed by ``prm_oracle.py grade``, merged into ``--results``).
 preset's pi_0, SFT on the same demonstrations) on the SAME rollouts and targets, in ``OUT/VARIANT@LABEL``: the
 capacity test, PRM size apart from data. The rollouts, and so the ground truth's policy, stay the base's pi_0;
 only the PRM's initialisation (for the implicit PRM also its reference pi_ref) changes.
+
+``--undemonstrated-games N`` enables the ``undemo_*`` variants: their rollouts play N training games that have no
+demonstration (pi_0 was not fitted to them, as it was not fitted to the held-out games the PRM is graded on). The
+variant's pool is the base's training games plus the next N of the same seed (a game is a function of seed, split
+and index, so the base's games are the new pool's first ones; checked), with the base's demonstrations and pi_0
+kept and ``rollouts.exclude_demo_games`` set. ``undemo_*`` plays ``rollouts.games`` of them (the base's episode
+count); ``undemo_wide_*`` all N once each (the same episode count when N = rollouts.games x episodes_per_game).
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ from pathlib import Path
 BRANCHING = ["rollouts.episodes_per_game=1", "rollouts.branch_states=1", "rollouts.branch_actions=3",
              "rollouts.branch_continuations=1"]
 SCALAR = ["prm.kind=scalar"]  # explicit: a base config may default to the implicit PRM
+UNDEMONSTRATED = "<undemonstrated games>"  # resolved by undemonstrated_overrides from the base and N
+WIDE = ["rollouts.games=0", "rollouts.episodes_per_game=1"]
 VARIANTS: dict[str, list[str]] = {
     "prefix_bce": SCALAR + ["targets.key=prefix", "prm.loss=soft_bce"],
     "state_bce": SCALAR + ["targets.key=state", "prm.loss=soft_bce"],
@@ -40,13 +49,86 @@ VARIANTS: dict[str, list[str]] = {
     "branch_prefix_bce": BRANCHING + SCALAR + ["targets.key=prefix", "prm.loss=soft_bce"],
     "branch_state_listwise": BRANCHING + SCALAR + ["targets.key=state", "prm.loss=soft_bce+listwise"],
     "branch_implicit": BRANCHING + ["prm.kind=implicit"],
+    "undemo_implicit": [UNDEMONSTRATED, "prm.kind=implicit"],
+    "undemo_state_bce": [UNDEMONSTRATED] + SCALAR + ["targets.key=state", "prm.loss=soft_bce"],
+    "undemo_wide_implicit": [UNDEMONSTRATED] + WIDE + ["prm.kind=implicit"],
+    "undemo_wide_state_bce": [UNDEMONSTRATED] + WIDE + SCALAR + ["targets.key=state", "prm.loss=soft_bce"],
 }
 SHARED = ("games", "demos", "model_init", "iter_0")
 STAGES = ("rollout", "targets", "train-prm")
 
 
 def rollout_key(overrides: list[str]) -> tuple[str, ...]:
-    return tuple(sorted(o for o in overrides if o.startswith("rollouts.")))
+    """What a variant's rollouts depend on: its rollout settings and the game pool (games.*, demos.*)."""
+    return tuple(sorted(o for o in overrides if o.startswith(("rollouts.", "games.", "demos."))))
+
+
+def undemonstrated_overrides(overrides: list[str], base: Path, extra_games: int) -> list[str]:
+    """``overrides`` with the UNDEMONSTRATED marker replaced by a pool of the base's training games plus
+    ``extra_games`` more, the base's demonstrations counted as ``demos.count`` and ``rollouts.exclude_demo_games``
+    on (the pool then holds exactly the new games: ``run_stages.rollout_pool`` reads the demos records)."""
+    if UNDEMONSTRATED not in overrides:
+        return list(overrides)
+    if extra_games < 1:
+        raise SystemExit("the undemo_* variants need --undemonstrated-games N (N >= 1 training games to add)")
+    from agentprm.config import load_config
+    from agentprm.data import count_episodes
+    from agentprm.pipeline.run_config import RunConfig
+
+    config = load_config(RunConfig, base / "config.yaml")
+    demonstrated = count_episodes(base / "demos" / "demos.jsonl")
+    if demonstrated < 1:
+        raise SystemExit(f"{base / 'demos' / 'demos.jsonl'} holds no demonstrations")
+    rest = [o for o in overrides if o != UNDEMONSTRATED]
+    return [f"games.train={config.games.train + extra_games}", f"demos.count={demonstrated}",
+            "rollouts.exclude_demo_games=true", *rest]
+
+
+def games_donor(donors: dict[tuple[str, ...], Path], key: tuple[str, ...]) -> Path | None:
+    """A finished variant whose game pool (its ``games.*`` overrides) is ``key``'s, if there is one."""
+    pool = [o for o in key if o.startswith("games.")]
+    if not pool:
+        return None
+    return next((folder for other, folder in donors.items() if [o for o in other if o.startswith("games.")] == pool),
+                None)
+
+
+def build_games(base: Path, folder: Path, donor: Path | None) -> None:
+    """The variant's own games stage (its ``games.*`` differ from the base's): hard links to ``donor``'s when a
+    variant with the same pool built it, else generated; then checked to extend the base's, so that the base's
+    demonstrations, pi_0 and the held-out games (valid_seen, valid_unseen) stay what they were."""
+    from agentprm.config import load_config
+    from agentprm.pipeline.run import RunContext
+    from agentprm.pipeline.run_config import RunConfig
+    from agentprm.pipeline.run_stages import generate
+    from agentprm.pipeline.stages import run_stage
+
+    if not (folder / "games").is_dir():
+        if donor is not None:
+            shutil.copytree(donor / "games", folder / "games", symlinks=True, copy_function=os.link)
+        else:
+            ctx = RunContext(load_config(RunConfig, folder / "config.yaml"), folder)
+            run_stage(folder / "games", lambda out: generate(ctx, out))
+    check_games_extend(base, folder)
+
+
+def check_games_extend(base: Path, folder: Path) -> None:
+    """Raise unless ``folder``'s training games include every one of ``base``'s and its held-out splits are the
+    base's."""
+    from agentprm.config import load_config
+    from agentprm.pipeline.run import RunContext
+    from agentprm.pipeline.run_config import RunConfig
+
+    def ids(run: Path, split: str) -> set[str]:
+        return {g.game_id for g in RunContext(load_config(RunConfig, run / "config.yaml"), run).games(split)}
+
+    missing = ids(base, "train") - ids(folder, "train")
+    if missing:
+        raise SystemExit(f"{folder / 'games'} lacks {len(missing)} of the base's training games "
+                         f"(e.g. {sorted(missing)[0]}): not the same seed and generator?")
+    for split in ("seen", "unseen"):
+        if ids(base, split) != ids(folder, split):
+            raise SystemExit(f"{folder / 'games'}: the {split} games differ from the base's")
 
 
 def copy_base(base: Path, folder: Path, overrides: list[str], shared: tuple[str, ...], copy_function=shutil.copy2
@@ -69,10 +151,15 @@ def copy_base(base: Path, folder: Path, overrides: list[str], shared: tuple[str,
             shutil.copytree(base / name, folder / name, symlinks=True, copy_function=copy_function)
 
 
-def prepare(base: Path, folder: Path, overrides: list[str], donor: Path | None) -> None:
-    """The variant's run folder (:func:`copy_base`) and the donor's rollouts when a variant with the same rollout
-    settings built them already."""
-    copy_base(base, folder, overrides, SHARED)
+def prepare(base: Path, folder: Path, overrides: list[str], donor: Path | None, games_donor: Path | None = None
+            ) -> None:
+    """The variant's run folder (:func:`copy_base`; its own games stage when it changes ``games.*``, from
+    ``games_donor`` when a variant with the same pool built it) and the donor's rollouts when a variant with the
+    same rollout settings built them already."""
+    own_games = any(o.startswith("games.") for o in overrides)
+    copy_base(base, folder, overrides, tuple(n for n in SHARED if not (own_games and n == "games")))
+    if own_games:
+        build_games(base, folder, games_donor)
     if donor is not None and not (folder / "iter_1" / "rollouts").exists():
         shutil.copytree(donor / "iter_1" / "rollouts", folder / "iter_1" / "rollouts")
 
@@ -146,6 +233,8 @@ def main() -> None:
     parser.add_argument("--chosen", default="", help="the variant the configs use")
     parser.add_argument("--prm-init", default="", metavar="LABEL=MODEL",
                         help="also train every variant's PRM from MODEL on the same rollouts (OUT/VARIANT@LABEL)")
+    parser.add_argument("--undemonstrated-games", type=int, default=0, metavar="N",
+                        help="the undemo_* variants' pool: N training games beyond the base's, none demonstrated")
     args = parser.parse_args()
     init_label, _, init_model = args.prm_init.partition("=")
     if args.prm_init and not (init_label and init_model):
@@ -157,17 +246,18 @@ def main() -> None:
     rows, donors = [], {}
     for name in args.variants:
         folder = out / name
-        key = rollout_key(VARIANTS[name])
-        prepare(base, folder, VARIANTS[name], donors.get(key))
+        overrides = undemonstrated_overrides(VARIANTS[name], base, args.undemonstrated_games)
+        key = rollout_key(overrides)
+        prepare(base, folder, overrides, donors.get(key), games_donor(donors, key))
         seconds = run_stages(folder)
         donors.setdefault(key, folder)
-        rows.append(variant_row(name, folder, VARIANTS[name], seconds))
+        rows.append(variant_row(name, folder, overrides, seconds))
         print(json.dumps(rows[-1]), flush=True)
         if init_model:
             other = out / f"{name}@{init_label}"
             prepare_with_init(folder, other, Path(init_model))
             seconds = run_stages(other)
-            rows.append({**variant_row(f"{name}@{init_label}", other, VARIANTS[name], seconds),
+            rows.append({**variant_row(f"{name}@{init_label}", other, overrides, seconds),
                          "prm_init": init_model})
             print(json.dumps(rows[-1]), flush=True)
     (out / "variants.json").write_text(json.dumps(rows, indent=2) + "\n")

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from agentprm.config import ConfigError, load_config
+from agentprm.data import StepRecord, TrajectoryRecord, TrajectoryWriter
 from agentprm.pipeline.run_config import RunConfig
 from agentprm.pipeline.run_stages import balanced_order, demo_games, rollout_games, rollout_pool
 
@@ -23,11 +24,27 @@ def ids(games):
     return [g.game_id for g in games]
 
 
-def context(exclude: bool, count: int, games=GAMES):
+def demo_record(game_id: str) -> TrajectoryRecord:
+    return TrajectoryRecord(env="alfworld", env_version="0.4.2", game_id=game_id, split="train", task="t",
+                            task_type=game_id[0], policy_id="expert:handcoded", seed=0, won=True, total_reward=1.0,
+                            final_observation="done",
+                            steps=[StepRecord(observation="o", admissible_actions=["look"], response="look",
+                                              reason="", action="look", admissible=True, reward=1.0, done=True,
+                                              won=True)])
+
+
+def context(exclude: bool, count: int, games=GAMES, run_dir=None, demonstrated=None):
+    """A run context over ``games``; with ``run_dir``, RUN/demos/demos.jsonl holds demonstrations of the games
+    ``demonstrated`` (default: the ones the demos stage would record, ``demo_games``)."""
     config = load_config(RunConfig, {"games": {"train": len(games)}, "demos": {"count": count},
                                      "rollouts": {"exclude_demo_games": exclude}})
     config.validate()
-    return SimpleNamespace(config=config, games=lambda split: list(games) if split == "train" else [])
+    ctx = SimpleNamespace(config=config, dir=run_dir, games=lambda split: list(games) if split == "train" else [])
+    if run_dir is not None:
+        with TrajectoryWriter(run_dir / "demos" / "demos.jsonl") as writer:
+            for game_id in demonstrated if demonstrated is not None else ids(demo_games(ctx)):
+                writer.write(demo_record(game_id))
+    return ctx
 
 
 def test_balanced_order_deals_round_robin_over_task_types():
@@ -47,13 +64,26 @@ def test_the_pool_is_every_training_game_by_default():
     assert rollout_pool(context(False, 0)) == GAMES
 
 
-def test_excluding_demo_games_leaves_the_undemonstrated_ones():
-    pool = rollout_pool(context(True, 3))
+def test_excluding_demo_games_leaves_the_undemonstrated_ones(tmp_path):
+    pool = rollout_pool(context(True, 3, run_dir=tmp_path))
     assert ids(pool) == ["a2", "a3", "b2", "b3", "c2"]
     # windows take the pool in balanced order and wrap around inside it, never reaching a demonstrated game
     assert ids(rollout_games(pool, 2, 1)) == ["a2", "b2"]
     assert ids(rollout_games(pool, 2, 2)) == ["c2", "a3"]
     assert ids(rollout_games(pool, 2, 3)) == ["b3", "a2"]
+
+
+def test_the_demos_records_say_which_games_are_demonstrated(tmp_path):
+    """A base run's demonstrations kept while the game pool grew: the pool is every game without a record, whatever
+    demos.count would pick from the larger pool."""
+    grown = GAMES + [game("a4"), game("b4")]
+    pool = rollout_pool(context(True, 6, games=grown, run_dir=tmp_path, demonstrated=ids(GAMES)))
+    assert ids(pool) == ["a4", "b4"]
+
+
+def test_a_pool_without_undemonstrated_games_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="no game is left to play"):
+        rollout_pool(context(True, 3, run_dir=tmp_path, demonstrated=ids(GAMES)))
 
 
 def test_windows_hold_every_task_type():

@@ -209,12 +209,23 @@ def demo_games(ctx: RunContext) -> list:
 
 def rollout_pool(ctx: RunContext) -> list:
     """The training games rollouts may play: all of them, or with ``rollouts.exclude_demo_games`` those without a
-    demonstration (see ``demo_games``), in id order."""
+    demonstration, in id order.
+
+    "Demonstrated" is read from the demos stage's records (RUN/demos/demos.jsonl), the games pi_0 was fitted to,
+    not recomputed from ``demos.count``: the two agree for a run's own demos stage, and only the records stay true
+    when the game pool grows after the demonstrations were recorded (``benchmarks/prm_variants.py``'s undemo
+    variants add games to a finished base run and keep its demonstrations and pi_0)."""
+    from agentprm.data import read_trajectories
+
     games = ctx.games("train")
     if not ctx.config.rollouts.exclude_demo_games:
         return games
-    demonstrated = {game.game_id for game in demo_games(ctx)}
-    return [game for game in games if game.game_id not in demonstrated]
+    demonstrated = {record.game_id for record in read_trajectories(ctx.dir / "demos" / "demos.jsonl")}
+    pool = [game for game in games if game.game_id not in demonstrated]
+    if not pool:
+        raise ValueError(f"rollouts.exclude_demo_games: every one of the {len(games)} training games has a "
+                         f"demonstration in {ctx.dir / 'demos' / 'demos.jsonl'}; no game is left to play")
+    return pool
 
 
 def rollout_games(games: list, count: int, iteration: int) -> list:
