@@ -22,7 +22,9 @@ demonstration (pi_0 was not fitted to them, as it was not fitted to the held-out
 variant's pool is the base's training games plus the next N of the same seed (a game is a function of seed, split
 and index, so the base's games are the new pool's first ones; checked), with the base's demonstrations and pi_0
 kept and ``rollouts.exclude_demo_games`` set. ``undemo_*`` plays ``rollouts.games`` of them (the base's episode
-count); ``undemo_wide_*`` all N once each (the same episode count when N = rollouts.games x episodes_per_game).
+count); ``undemo_wide_*`` all N once each (the same episode count when N = rollouts.games x episodes_per_game);
+``undemo_all_*`` all N, ``rollouts.episodes_per_game`` each. ``all_*``: the base's whole pool, every game
+``episodes_per_game`` times (the data-volume test on the base's own games).
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ VARIANTS: dict[str, list[str]] = {
     "undemo_state_bce": [UNDEMONSTRATED] + SCALAR + ["targets.key=state", "prm.loss=soft_bce"],
     "undemo_wide_implicit": [UNDEMONSTRATED] + WIDE + ["prm.kind=implicit"],
     "undemo_wide_state_bce": [UNDEMONSTRATED] + WIDE + SCALAR + ["targets.key=state", "prm.loss=soft_bce"],
+    # data volume: every game of the pool, rollouts.episodes_per_game each (800 games x 4 = 4x the base's episodes)
+    "all_implicit": ["rollouts.games=0", "prm.kind=implicit"],
+    "all_state_bce": ["rollouts.games=0"] + SCALAR + ["targets.key=state", "prm.loss=soft_bce"],
+    "undemo_all_implicit": [UNDEMONSTRATED, "rollouts.games=0", "prm.kind=implicit"],
+    "undemo_all_state_bce": [UNDEMONSTRATED, "rollouts.games=0"] + SCALAR + ["targets.key=state", "prm.loss=soft_bce"],
 }
 SHARED = ("games", "demos", "model_init", "iter_0")
 STAGES = ("rollout", "targets", "train-prm")

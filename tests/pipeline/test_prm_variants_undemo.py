@@ -42,12 +42,12 @@ def test_the_marker_becomes_a_grown_pool_the_base_demonstrations_and_the_exclusi
         undemonstrated_overrides([UNDEMONSTRATED], empty, 5)
 
 
-def test_every_undemo_variant_validates_against_a_base(tmp_path):
+def test_every_variant_validates_against_a_base(tmp_path):
     from agentprm.config import load_config
     from agentprm.pipeline.run_config import RunConfig
 
     base = run_folder(tmp_path / "base", train=8, demos=8)
-    for name in (n for n in VARIANTS if n.startswith("undemo")):
+    for name in VARIANTS:
         overrides = undemonstrated_overrides(VARIANTS[name], base, 4)
         load_config(RunConfig, base / "config.yaml", overrides).validate()
 
