@@ -48,6 +48,7 @@ VARIANTS: dict[str, list[str]] = {
     "state_bce": SCALAR + ["targets.key=state", "prm.loss=soft_bce"],
     "state_listwise": SCALAR + ["targets.key=state", "prm.loss=soft_bce+listwise"],
     "implicit": ["prm.kind=implicit"],
+    "implicit_mean": ["prm.kind=implicit", "prm.outcome=mean_bias"],  # b + mean_t z: no length bias
     "branch_prefix_bce": BRANCHING + SCALAR + ["targets.key=prefix", "prm.loss=soft_bce"],
     "branch_state_listwise": BRANCHING + SCALAR + ["targets.key=state", "prm.loss=soft_bce+listwise"],
     "branch_implicit": BRANCHING + ["prm.kind=implicit"],

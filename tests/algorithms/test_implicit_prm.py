@@ -110,3 +110,74 @@ def test_the_chunked_two_pass_gradient_is_the_gradient_of_the_outcome_loss(sft_m
     assert loss == pytest.approx(2 * float(outcome_loss(z, owner, labels)), rel=1e-4)
     for got, want in zip((p.grad for p in policy.model.parameters()), expected):
         assert torch.allclose(got, want, atol=1e-6, rtol=1e-4)
+
+
+def test_the_mean_bias_outcome_by_hand():
+    """r_e = b + mean_t z_t: episode 0 has steps 0.5 and -0.25 (mean 0.125), episode 1 the step 1.0; b = -0.5."""
+    from agentprm.algorithms.implicit_prm import episode_scores
+
+    z = torch.tensor([0.5, -0.25, 1.0], requires_grad=True)
+    bias = torch.tensor(-0.5, requires_grad=True)
+    owner, labels = torch.tensor([0, 0, 1]), torch.tensor([1.0, 0.0])
+    assert episode_scores(z, owner, 2, "mean_bias", bias).tolist() == pytest.approx([-0.375, 0.5])
+    assert episode_scores(z, owner, 2, "sum").tolist() == pytest.approx([0.25, 1.0])
+    loss = outcome_loss(z, owner, labels, "mean_bias", bias)
+    s0, s1 = 1 / (1 + math.exp(0.375)), 1 / (1 + math.exp(-0.5))
+    assert float(loss.detach()) == pytest.approx((-math.log(s0) - math.log(1 - s1)) / 2)
+    loss.backward()
+    # dL/dz_t = (sigmoid(r_e) - y_e) / (E T_e): the two steps of episode 0 share its push
+    assert z.grad.tolist() == pytest.approx([(s0 - 1) / 4, (s0 - 1) / 4, s1 / 2])
+    assert float(bias.grad) == pytest.approx(((s0 - 1) + s1) / 2)
+    with pytest.raises(ValueError, match="outcome must be one of"):
+        episode_scores(z, owner, 2, "max")
+
+
+def test_with_the_mean_a_long_failure_and_a_short_win_push_an_everyday_action_equally():
+    """The length bias the mean removes: one action taken at every step of a 1-step win and a 3-step failure, at
+    initialisation (z = 0, b = logit(1/2) = 0). With the sum its total gradient is (0.5 - 1) + 3 * 0.5 > 0 (pushed
+    down by gradient descent); with the mean it is 0."""
+    owner, labels = torch.tensor([0, 1, 1, 1]), torch.tensor([1.0, 0.0])
+    for outcome, total in (("sum", (-0.5 + 3 * 0.5) / 2), ("mean_bias", 0.0)):
+        z = torch.zeros(4, requires_grad=True)
+        outcome_loss(z, owner, labels, outcome, 0.0).backward()
+        assert float(z.grad.sum()) == pytest.approx(total, abs=1e-6)
+
+
+def test_the_chunked_gradient_of_the_mean_bias_outcome_is_its_autograd_gradient(sft_model):
+    from agentprm.algorithms.implicit_prm import outcome_backward
+
+    policy, reference = Policy.from_pretrained(sft_model), Policy.from_pretrained(sft_model)
+    with torch.no_grad():
+        for parameter in policy.model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    prompts = ["Task: put a mug in the desk", "You see a desk 1.", "Nothing happens.", "You arrive at desk 1.", "x"]
+    responses = ["go to desk 1", "look", "take mug 1 from desk 1", "inventory", "look"]
+    pairs = list(zip(encode_prompts(policy.tokenizer, prompts), encode_responses(policy.tokenizer, responses)))
+    owner, labels, beta = torch.tensor([0, 0, 0, 1, 1]), torch.tensor([1.0, 0.0], dtype=torch.float64), 0.5
+    ref = torch.tensor(reference.sequence_logprobs(pairs), dtype=torch.float64)
+
+    want_bias = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    lp = response_logprobs(policy.model, pairs, policy.pad_id, policy.device)
+    outcome_loss(beta * (lp.double() - ref), owner, labels, "mean_bias", want_bias).backward()
+    expected = [p.grad.clone() for p in policy.model.parameters()]
+    policy.model.zero_grad(set_to_none=True)
+
+    bias = torch.nn.Parameter(torch.tensor(0.3, dtype=torch.float64))
+    outcome_backward(policy.model, pairs, owner, labels, ref, beta, 1.0, policy.pad_id, policy.device, chunk=2,
+                     outcome="mean_bias", bias=bias)
+    assert float(bias.grad) == pytest.approx(float(want_bias.grad), rel=1e-5)
+    for got, want in zip((p.grad for p in policy.model.parameters()), expected):
+        assert torch.allclose(got, want, atol=1e-6, rtol=1e-4)
+
+
+def test_training_with_the_mean_bias_outcome_learns_its_offset(sft_model, alfworld_demos, tmp_path):
+    records = _flip([r for r in read_trajectories(alfworld_demos)][:6], None)
+    records = _flip(records, records[0].game_id)
+    config = load_config(PRMTrainConfig, {"kind": "implicit", "outcome": "mean_bias", "beta": 0.5, "lr": 3e-3,
+                                          "max_steps": 4, "batch_size": 6, "warmup_steps": 0, "progress": False,
+                                          "eval_batch_size": 16})
+    summary = train_implicit_prm(config, records, sft_model, tmp_path / "out", PromptConfig(), val_fraction=0.0)
+    assert summary["outcome"] == "mean_bias" and summary["final_loss"] < summary["first_loss"]
+    assert summary["bias"] != pytest.approx(math.log(1 / 5))  # started at logit(1/6 won), then trained
+    with pytest.raises(Exception, match="outcome"):
+        load_config(PRMTrainConfig, {"kind": "implicit", "outcome": "max"})

@@ -15,6 +15,19 @@ without gradient gives every r_phi(tau); then each chunk of steps backpropagates
 sum_t c_tau(t) log pi_phi(a_t | s_t) with the fixed coefficients c_tau = beta (sigmoid(r_phi(tau)) - y) / E, whose
 gradient is exactly grad L. log pi_ref is computed once, before training.
 
+``outcome: mean_bias`` (``prm.outcome``) scores an episode instead by a learnt offset plus the MEAN of its steps,
+
+    r_phi(tau) = b + (1 / T_tau) sum_t z(s_t, a_t),        b initialised to logit(training win rate),
+
+whose gradient through step t is beta (sigmoid(r) - y) grad log pi_phi(a_t | s_t) / (E T_tau), and through b
+sum_tau (sigmoid(r) - y) / E. Why: with the sum, an action the policy takes at every step is pushed down by a
+failed episode once per step and up by a win once per step, so where failures are longer than wins (in ALFWorld a
+failure runs the 30-step budget, a win ends early) the policy's favoured actions drift down against the ones it
+never takes, and with no offset the base rate of success can only be expressed through the actions' scores. With
+the mean, each episode pushes its actions by the same total whatever its length, and b carries the base rate, so at
+initialisation (sigmoid(r) = p for every episode) the net push on an action taken at a constant rate is
+sum_tau (p - y_tau) = 0. b is not part of the process score z (a state's actions are ranked by z alone).
+
 No process label is read: only outcomes. Steps replayed from an expert prefix or a branch's recorded prefix
 (``extras["reset"]`` / ``extras["branch_prefix"]``) were not chosen by the policy there and are left out of the
 sum. Episodes of validation games (``sft_data.in_validation``, the targets' split) are held out; the report on
@@ -55,11 +68,29 @@ class EpisodeSteps:
     game_id: str
 
 
-def outcome_loss(step_scores: torch.Tensor, episode_of_step: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Episode cross-entropy: r_e = sum of z over the steps of episode e; BCE(sigmoid(r_e), y_e) averaged over e.
-    step_scores (S,) = z, episode_of_step (S,) long in [0, E), labels (E,) in {0, 1}."""
-    r = torch.zeros(labels.shape[0], dtype=step_scores.dtype, device=step_scores.device)
+OUTCOMES = ("sum", "mean_bias")
+
+
+def episode_scores(step_scores: torch.Tensor, episode_of_step: torch.Tensor, episodes: int, outcome: str = "sum",
+                   bias: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """r_e of every episode (E,): sum_t z_t ("sum"), or bias + mean_t z_t ("mean_bias"); step_scores (S,) = z,
+    episode_of_step (S,) long in [0, E)."""
+    if outcome not in OUTCOMES:
+        raise ValueError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
+    r = torch.zeros(episodes, dtype=step_scores.dtype, device=step_scores.device)
     r = r.index_add(0, episode_of_step, step_scores)  # (E,)
+    if outcome == "sum":
+        return r
+    lengths = torch.zeros(episodes, dtype=step_scores.dtype, device=step_scores.device)
+    lengths = lengths.index_add(0, episode_of_step, torch.ones_like(step_scores)).clamp(min=1)
+    return bias + r / lengths
+
+
+def outcome_loss(step_scores: torch.Tensor, episode_of_step: torch.Tensor, labels: torch.Tensor,
+                 outcome: str = "sum", bias: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """Episode cross-entropy: BCE(sigmoid(r_e), y_e) averaged over the E episodes, r_e by :func:`episode_scores`.
+    step_scores (S,) = z, episode_of_step (S,) long in [0, E), labels (E,) in {0, 1}."""
+    r = episode_scores(step_scores, episode_of_step, labels.shape[0], outcome, bias)
     return F.binary_cross_entropy_with_logits(r, labels.to(r.dtype))
 
 
@@ -115,13 +146,24 @@ def _flat_logprobs(model: Any, pairs: list[tuple[list[int], list[int]]], pad_id:
 
 def outcome_backward(model: Any, pairs: list[tuple[list[int], list[int]]], owner: torch.Tensor,
                      labels: torch.Tensor, ref_logprobs: torch.Tensor, beta: float, weight: float, pad_id: int,
-                     device: Any, chunk: int, precision: str = "fp32") -> float:
+                     device: Any, chunk: int, precision: str = "fp32", outcome: str = "sum",
+                     bias: torch.Tensor | None = None) -> float:
     """Accumulate ``weight`` * grad of :func:`outcome_loss` (z = beta (log pi_phi - log pi_ref) per step) into the
-    model's gradients, in the two chunked passes of the module doc; return the loss summed over the E episodes. ``owner`` (S,) maps steps to episodes, ``labels`` (E,), ``ref_logprobs`` (S,)."""
+    model's gradients (and, for ``outcome="mean_bias"``, into ``bias.grad``, a scalar parameter), in the two chunked
+    passes of the module doc; return the loss summed over the E episodes. ``owner`` (S,) maps steps to episodes,
+    ``labels`` (E,), ``ref_logprobs`` (S,)."""
     z = beta * (_flat_logprobs(model, pairs, pad_id, device, chunk, precision) - ref_logprobs)  # (S,) f64, no grad
-    r = torch.zeros(labels.shape[0], dtype=torch.float64).index_add(0, owner, z)  # (E,)
+    episodes = labels.shape[0]
+    offset = float(bias.detach()) if bias is not None else 0.0
+    r = episode_scores(z, owner, episodes, outcome, offset)  # (E,)
     loss = float(F.binary_cross_entropy_with_logits(r, labels, reduction="sum"))
-    coefficient = weight * beta * (torch.sigmoid(r) - labels) / labels.shape[0]  # (E,): dL/dz of each episode's steps
+    d_r = weight * (torch.sigmoid(r) - labels) / episodes  # (E,): dL/dr_e
+    if outcome == "mean_bias":
+        if bias is not None:  # dL/db = sum_e dL/dr_e
+            grad = d_r.sum().to(dtype=bias.dtype, device=bias.device).reshape(bias.shape)
+            bias.grad = grad if bias.grad is None else bias.grad + grad
+        d_r = d_r / torch.zeros(episodes, dtype=z.dtype).index_add(0, owner, torch.ones_like(z)).clamp(min=1)
+    coefficient = beta * d_r  # dL/dz of each episode's steps, times dz/dlog pi_phi
     for start in range(0, len(pairs), chunk):
         part = slice(start, start + chunk)
         lp = response_logprobs(model, pairs[part], pad_id, device, precision)  # (C,)
@@ -165,8 +207,13 @@ def train_implicit_prm(config: Any, records: Sequence[TrajectoryRecord], init_mo
     beta = config.beta
 
     model = phi.model
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
-                                  weight_decay=config.weight_decay)
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    bias = None
+    if config.outcome == "mean_bias":  # b starts at the logit of the training win rate (module doc)
+        rate = min(max(sum(e.won for e in episodes) / len(episodes), 1e-3), 1 - 1e-3)
+        bias = torch.nn.Parameter(torch.tensor(math.log(rate / (1 - rate)), dtype=torch.float64))
+        groups.append({"params": [bias], "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, math.ceil(math.ceil(len(episodes) / config.batch_size) / config.grad_accum))
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -189,7 +236,8 @@ def train_implicit_prm(config: Any, records: Sequence[TrajectoryRecord], init_mo
                 owner = torch.tensor([j for j, e in enumerate(batch) for _ in range(offsets[e], offsets[e + 1])])
                 labels = torch.tensor([float(episodes[e].won) for e in batch], dtype=torch.float64)
                 loss_sum += outcome_backward(model, [flat[k] for k in rows], owner, labels, ref_lp[rows], beta,
-                                             len(batch) / size, pad_id, device, config.eval_batch_size, precision)
+                                             len(batch) / size, pad_id, device, config.eval_batch_size, precision,
+                                             outcome=config.outcome, bias=bias)
             if config.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
@@ -203,11 +251,13 @@ def train_implicit_prm(config: Any, records: Sequence[TrajectoryRecord], init_mo
     model.eval()
     prm = ImplicitPRM(phi, reference, beta)
     return _finish(prm, config, out, val_targets, prompt, losses, total_steps, len(episodes),
-                   sum(e.won for e in episodes), time.perf_counter() - start_time, iteration)
+                   sum(e.won for e in episodes), time.perf_counter() - start_time, iteration,
+                   None if bias is None else float(bias.detach()))
 
 
 def _finish(prm: Any, config: Any, out: Path, val_targets: Sequence[Any], prompt: PromptConfig, losses: list[float],
-            total_steps: int, episodes: int, won: int, seconds: float, iteration: int) -> dict:
+            total_steps: int, episodes: int, won: int, seconds: float, iteration: int,
+            bias: float | None = None) -> dict:
     """Validation report on the targets (as the scalar PRM's), summary, and the saved model."""
     from agentprm.algorithms.mc_targets import state_from_target
     from agentprm.algorithms.prm_training import prm_validation_report
@@ -217,8 +267,8 @@ def _finish(prm: Any, config: Any, out: Path, val_targets: Sequence[Any], prompt
     scores = prm.score([render_prompt(state_from_target(t), prompt, prm.tokenizer) for t in val],
                        [t.response for t in val]) if val else []
     report = prm_validation_report(val, scores, config.calibration_bins, config.first_steps)
-    summary = {"kind": "implicit", "beta": config.beta, "steps": total_steps, "train_episodes": episodes,
-               "train_won": won,
+    summary = {"kind": "implicit", "beta": config.beta, "outcome": config.outcome, "bias": bias,
+               "steps": total_steps, "train_episodes": episodes, "train_won": won,
                "val_targets": len(val), "first_loss": losses[0], "final_loss": losses[-1], "val_bce": report["bce"],
                "early_step_auc": report["early_step_auc"], "ece": report["ece"], "seconds": seconds,
                "model": "model"}

@@ -74,6 +74,10 @@ class PRMTrainConfig:
                 "by episode cross-entropy on the rollouts' outcomes (Yuan et al. 2024; batch_size counts "
                 "episodes, eval_batch_size sequences per chunk; loss is not used)"})
     beta: float = field(default=0.1, metadata={"range": above(0), "help": "implicit PRM: beta of the log-ratio score"})
+    outcome: Literal["sum", "mean_bias"] = field(default="sum", metadata={
+        "help": "implicit PRM: an episode's outcome logit from its steps' scores z: sum (Yuan et al.: sum_t z_t) or "
+                "mean_bias (b + mean_t z_t, b learnt from the logit of the win rate: long failed episodes no longer "
+                "push the policy's favoured actions down; algorithms/implicit_prm.py)"})
     loss: Literal["soft_bce", "bradley_terry", "soft_bce+listwise"] = field(
         default="soft_bce", metadata={"help": "soft_bce: absolute loss on Q_hat (paper default); bradley_terry: "
                                               "relative loss on pairs of actions at the same state; "
