@@ -69,6 +69,7 @@ def grade(args: argparse.Namespace) -> None:
         grade_ranker,
         mix_scores,
         paired_difference,
+        rank_agreement,
     )
     from agentprm.config import load_config
     from agentprm.models.implicit_prm import load_prm
@@ -105,16 +106,19 @@ def grade(args: argparse.Namespace) -> None:
         row.update(grade_ranker(states, name, delta=args.delta, seed=args.seed))
         if name != "policy":
             row["minus_policy"] = paired_difference(states, name, "policy", delta=args.delta, seed=args.seed)
+            row["spearman_with_policy"] = rank_agreement(states, name, "policy", seed=args.seed)
     agreement = estimate_agreement(states, delta=args.delta, seed=args.seed)
     print(f"{len(states)} states, {agreement['n']} pairs with |dQ| >= {args.delta}; split-half agreement "
           f"{fmt(agreement)}")
     print("| ranker | pairwise accuracy | minus the policy's (paired) | top-1 agreement | Spearman | expert rank "
-          "| expert first |")
-    print("|---|---|---|---|---|---|---|")
+          "| expert first | Spearman with the policy (all admissible) |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, row in rows.items():
         gap = fmt(row["minus_policy"]) if "minus_policy" in row else ""
+        with_policy = fmt(row["spearman_with_policy"], False) if "spearman_with_policy" in row else ""
         print(f"| {name} | {fmt(row['pairwise_accuracy'])} | {gap} | {fmt(row['top1_agreement'])} | "
-              f"{fmt(row['spearman'], False)} | {fmt(row['expert_mean_rank'], False)} | {fmt(row['expert_first'])} |")
+              f"{fmt(row['spearman'], False)} | {fmt(row['expert_mean_rank'], False)} | {fmt(row['expert_first'])} "
+              f"| {with_policy} |")
     if args.results:
         merge_results(Path(args.results), args, data, rows, agreement, len(states))
 

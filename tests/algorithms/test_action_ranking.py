@@ -16,6 +16,7 @@ from agentprm.algorithms.action_ranking import (
     mix_scores,
     pair_credits,
     paired_difference,
+    rank_agreement,
     spearman,
     split_half_credits,
     top1_credit,
@@ -55,6 +56,21 @@ def test_expert_rank_is_among_all_admissible_actions():
     state = _state([0.9, 0.1], [0.1, 0.7, 0.7, 0.2], expert="b", admissible=["a0", "a1", "b", "c"])
     assert expert_rank(state, "r") == 1.5  # tied first with a1
     assert expert_rank(_state([0.9, 0.1], [1.0, 0.0], expert="zz"), "r") is None
+
+
+def test_rank_agreement_with_the_policy_is_over_all_admissible_actions():
+    """State 1: the ranker and the policy agree on the two candidates a0 > a1 but not on the third admissible
+    action b (rho -0.5 over all three); state 2: the same order (+1); state 3 has one admissible action and is left
+    out."""
+    one = _state([0.9, 0.1], [3.0, 2.0, 1.0], admissible=["a0", "a1", "b"])
+    one.scores["p"] = {"a0": 5.0, "a1": 4.0, "b": 9.0}
+    two = _state([0.9, 0.1], [2.0, 1.0])
+    two.scores["p"] = {"a0": 0.5, "a1": 0.1}
+    three = _state([0.5], [1.0])
+    three.scores["p"] = {"a0": 0.0}
+    # state 1: ranks r = (3, 2, 1), p = (2, 1, 3): rho = -0.5
+    got = rank_agreement([one, two, three], "r", "p")
+    assert got["n"] == 2 and got["value"] == pytest.approx((-0.5 + 1.0) / 2)
 
 
 def test_split_half_agreement():

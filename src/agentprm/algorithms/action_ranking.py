@@ -165,6 +165,15 @@ def grade_ranker(states: Sequence[GradedState], ranker: str, delta: float = 0.1,
             "expert_first": _summary([(float(r == 1.0), 1) for r in ranks], seed, resamples)}
 
 
+def rank_agreement(states: Sequence[GradedState], ranker: str, other: str, seed: int = 0,
+                   resamples: int = 2000) -> dict[str, Any]:
+    """Mean over states of Spearman(ranker, other) across ALL admissible actions, with its interval: whether a PRM
+    orders the actions as the policy does (> 0), independently of it (0), or against it (< 0). No ground truth."""
+    rho = [(spearman([s.scores[ranker][a] for a in s.admissible], [s.scores[other][a] for a in s.admissible]), 1)
+           for s in states if len(s.admissible) >= 2]
+    return _summary(rho, seed, resamples)
+
+
 def estimate_agreement(states: Sequence[GradedState], delta: float = 0.1, seed: int = 0,
                        resamples: int = 2000) -> dict[str, Any]:
     """Split-half agreement of the ground truth on the graded pairs, with its interval."""
