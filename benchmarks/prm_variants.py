@@ -127,15 +127,17 @@ def check_games_extend(base: Path, folder: Path) -> None:
     from agentprm.pipeline.run import RunContext
     from agentprm.pipeline.run_config import RunConfig
 
-    def ids(run: Path, split: str) -> set[str]:
-        return {g.game_id for g in RunContext(load_config(RunConfig, run / "config.yaml"), run).games(split)}
+    old, new = (RunContext(load_config(RunConfig, run / "config.yaml"), run) for run in (base, folder))
 
-    missing = ids(base, "train") - ids(folder, "train")
+    def ids(ctx: RunContext, split: str) -> set[str]:
+        return {g.game_id for g in ctx.games(split)}
+
+    missing = ids(old, "train") - ids(new, "train")
     if missing:
         raise SystemExit(f"{folder / 'games'} lacks {len(missing)} of the base's training games "
                          f"(e.g. {sorted(missing)[0]}): not the same seed and generator?")
     for split in ("seen", "unseen"):
-        if ids(base, split) != ids(folder, split):
+        if ids(old, split) != ids(new, split):
             raise SystemExit(f"{folder / 'games'}: the {split} games differ from the base's")
 
 

@@ -81,9 +81,13 @@ def episode_scores(step_scores: torch.Tensor, episode_of_step: torch.Tensor, epi
     r = r.index_add(0, episode_of_step, step_scores)  # (E,)
     if outcome == "sum":
         return r
+    return bias + r / episode_lengths(step_scores, episode_of_step, episodes)
+
+
+def episode_lengths(step_scores: torch.Tensor, episode_of_step: torch.Tensor, episodes: int) -> torch.Tensor:
+    """T_e, the steps of every episode (E,), at least 1, in step_scores' dtype and device."""
     lengths = torch.zeros(episodes, dtype=step_scores.dtype, device=step_scores.device)
-    lengths = lengths.index_add(0, episode_of_step, torch.ones_like(step_scores)).clamp(min=1)
-    return bias + r / lengths
+    return lengths.index_add(0, episode_of_step, torch.ones_like(step_scores)).clamp(min=1)
 
 
 def outcome_loss(step_scores: torch.Tensor, episode_of_step: torch.Tensor, labels: torch.Tensor,
@@ -162,7 +166,7 @@ def outcome_backward(model: Any, pairs: list[tuple[list[int], list[int]]], owner
         if bias is not None:  # dL/db = sum_e dL/dr_e
             grad = d_r.sum().to(dtype=bias.dtype, device=bias.device).reshape(bias.shape)
             bias.grad = grad if bias.grad is None else bias.grad + grad
-        d_r = d_r / torch.zeros(episodes, dtype=z.dtype).index_add(0, owner, torch.ones_like(z)).clamp(min=1)
+        d_r = d_r / episode_lengths(z, owner, episodes)
     coefficient = beta * d_r  # dL/dz of each episode's steps, times dz/dlog pi_phi
     for start in range(0, len(pairs), chunk):
         part = slice(start, start + chunk)
