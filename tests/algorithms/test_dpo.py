@@ -267,8 +267,33 @@ def test_without_keep_best_the_last_weights_stay(sft_model, alfworld_demos, tmp_
     with MetricsLogger(tmp_path / "metrics.jsonl", "dpo") as metrics:
         summary = online_dpo_loop(config, policy, reference, GoToScorer(), states, PROMPT_CONFIG, metrics,
                                   DPOValidation(states=[], success=lambda p: next(scripted)))
-    assert summary["monitor"]["selected_step"] == 0 and summary["monitor"]["kept"] == "last"
+    assert summary["monitor"]["selected_step"] == 2 and summary["monitor"]["kept"] == "last"
+    assert summary["monitor"]["best_step"] == 0
     assert not all(torch.equal(v, reference.model.state_dict()[k]) for k, v in policy.model.state_dict().items())
+
+
+def test_a_keep_margin_keeps_the_last_weights_when_the_best_reading_is_not_that_much_better(
+        sft_model, alfworld_demos, tmp_path):
+    from agentprm.algorithms.dpo_trainer import DPOValidation
+
+    states = _states(alfworld_demos, 6)
+    policy, reference = Policy.from_pretrained(sft_model), Policy.from_pretrained(sft_model)
+    scripted, shown = iter([0.5, 0.9, 0.3]), []
+
+    def success(p):
+        shown.append({k: v.detach().clone() for k, v in getattr(p.model, "module", p.model).state_dict().items()})
+        return next(scripted)
+
+    config = DPOConfig(lr=1e-3, beta=0.1, steps=3, states_per_step=4, temperature=1.0, progress=False,
+                       monitor_every=2, keep_margin=0.7)  # 0.9 < 0.3 + 0.7: the best reading is not kept
+    with MetricsLogger(tmp_path / "metrics.jsonl", "dpo") as metrics:
+        summary = online_dpo_loop(config, policy, reference, GoToScorer(), states, PROMPT_CONFIG, metrics,
+                                  DPOValidation(states=[], success=success))
+    monitor = summary["monitor"]
+    assert (monitor["best_step"], monitor["selected_step"], monitor["kept"]) == (2, 3, "last")
+    final = policy.model.state_dict()
+    assert all(torch.equal(final[k], shown[2][k]) for k in final)  # the last reading's weights
+    assert not all(torch.equal(final[k], shown[1][k]) for k in final)
 
 
 def test_distinct_sampling_gives_every_state_two_different_actions(sft_model, alfworld_demos, tmp_path):

@@ -168,3 +168,20 @@ def test_report_for_another_env_shows_its_own_task_types(tmp_path):
     assert "| Agent | Success % (95% CI) | Mean actions | Episodes | coin | cookingworld |" in text
     assert "| pi_0 | 50.0 (" in text and "| 17.5 | 2 | 100.0 | 0.0 |" in text
     assert "best_of_n.png" not in text  # one N per agent: no scaling curve
+
+
+def test_training_notes_say_which_monitor_reading_was_kept_and_where_the_best_was(tmp_path):
+    from agentprm.pipeline.run_report import _training_notes
+
+    readings = [{"step": 0, "prm_score": 0.48, "success": 0.66}, {"step": 150, "prm_score": 0.49, "success": 0.60}]
+    (tmp_path / "iter_0").mkdir()
+    (tmp_path / "iter_1" / "policy").mkdir(parents=True)
+    (tmp_path / "iter_1" / "policy" / "kl_summary.json").write_text(json.dumps({"steps": 150, "monitor": {
+        "readings": readings, "selected_step": 150, "best_step": 0, "kept": "last", "hacking_warnings": [150]}}))
+    notes = _training_notes(tmp_path)
+    assert "0: 0.480/66%, 150: 0.490/60%; kept the last reading, step 150 (the best at step 0); reward-hacking " \
+           "warnings at steps [150]" in notes
+    summary = json.loads((tmp_path / "iter_1" / "policy" / "kl_summary.json").read_text())
+    summary["monitor"] |= {"selected_step": 0, "kept": "best"}
+    (tmp_path / "iter_1" / "policy" / "kl_summary.json").write_text(json.dumps(summary))
+    assert "kept the best reading, step 0; reward" in _training_notes(tmp_path)

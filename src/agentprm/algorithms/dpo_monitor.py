@@ -16,7 +16,14 @@ and warns at a reading t when the PRM prefers it to the best checkpoint while th
 
     prm_score(t) > prm_score(best)  and  success(t) < success(best) - tolerance.
 
-With ``keep_best`` the trainer returns the weights of ``best`` (step 0 means DPO did not help and pi_i = pi_{i-1}).
+With ``keep_best`` the trainer returns the weights of ``best`` (step 0 means DPO did not help and pi_i = pi_{i-1}),
+unless ``keep_margin`` m > 0 asks for evidence first: it keeps ``best`` only when
+
+    success(best) >= success(last) + m,
+
+and the last reading otherwise. A reading of n games has a standard error of about sqrt(p (1 - p) / n), 0.07 at
+n = 50: with m = 0 the maximum of several readings of an unchanged policy is kept (a lucky step 0 discards the
+whole step), while a margin of about two standard errors still catches a collapse (26 points in the monitor's runs).
 """
 
 from __future__ import annotations
@@ -58,6 +65,15 @@ class RewardHackingMonitor:
             self.best = reading
         return improved, warning
 
-    def summary(self) -> dict:
-        return {"selected_step": self.best.step if self.best else None,
+    def kept(self, keep_best: bool = True, margin: float = 0.0) -> MonitorReading | None:
+        """The reading whose policy the trainer returns (see the module docstring); None before any reading."""
+        if not self.readings:
+            return None
+        last = self.readings[-1]
+        return self.best if keep_best and self.best.success >= last.success + margin else last
+
+    def summary(self, keep_best: bool = True, margin: float = 0.0) -> dict:
+        kept = self.kept(keep_best, margin)
+        return {"selected_step": kept.step if kept else None, "best_step": self.best.step if self.best else None,
+                "kept": "best" if kept is not None and kept is self.best else "last",
                 "readings": [asdict(r) for r in self.readings], "hacking_warnings": list(self.warnings)}

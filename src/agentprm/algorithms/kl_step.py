@@ -34,7 +34,8 @@ Logged (stage ``kl``, means over ``log_every`` steps): ``loss`` (the cross-entro
 (KL(pi_theta || pi_prev), exact on the action set), ``objective_gain`` (J(pi_theta) - J(pi_prev)), ``actions``
 (mean |A(s)|) and ``grad_norm``. With ``monitor_every`` and a ``DPOValidation``, online DPO's reward-hacking monitor
 takes its readings at step 0, every ``monitor_every`` steps and at the end, and ``keep_best`` returns the best
-reading's policy (the paper's "best policy on a validation set"; step 0 is pi_{i-1}).
+reading's policy (the paper's "best policy on a validation set"; step 0 is pi_{i-1}), with ``keep_margin`` only when
+its success is that much above the last reading's.
 """
 
 from __future__ import annotations
@@ -94,6 +95,9 @@ class KLStepConfig:
                                                             "with the best validation success"})
     monitor_tolerance: float = field(default=0.0, metadata={"range": at_least(0), "help": "reward-hacking warning "
                                                             "tolerance (as dpo.monitor_tolerance)"})
+    keep_margin: float = field(default=0.0, metadata={"range": at_least(0), "help": "keep the best reading only when "
+                                                      "its success is at least this above the last one's (as "
+                                                      "dpo.keep_margin)"})
 
     def validate(self) -> None:
         if not self.beta > 0 or not self.lr > 0:
@@ -229,7 +233,8 @@ def _watch(config: KLStepConfig, policy: Policy, prm, validation, prompt_config:
     from agentprm.algorithms.dpo_trainer import DPOConfig, _Watch
 
     settings = DPOConfig(temperature=1.0, mode="admissible", monitor_every=config.monitor_every,
-                         keep_best=config.keep_best, monitor_tolerance=config.monitor_tolerance, seed=config.seed)
+                         keep_best=config.keep_best, keep_margin=config.keep_margin,
+                         monitor_tolerance=config.monitor_tolerance, seed=config.seed)
     return _Watch(settings, policy, prm if prm is not None else _NoScore(), validation, prompt_config, metrics)
 
 

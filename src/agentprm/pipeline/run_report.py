@@ -111,6 +111,8 @@ def _training_notes(run_dir: Path) -> str:
             readings = ", ".join(f"{r['step']}: {r['prm_score']:.3f}/{r['success']:.0%}" for r in monitor["readings"])
             notes.append(f"- pi_{i} monitor (step: validation PRM score/success): {readings}; kept the "
                          f"{monitor.get('kept', 'last')} reading, step {monitor['selected_step']}"
+                         + (f" (the best at step {monitor['best_step']})"
+                            if monitor.get("best_step", monitor["selected_step"]) != monitor["selected_step"] else "")
                          + (f"; reward-hacking warnings at steps {monitor['hacking_warnings']}"
                             if monitor.get("hacking_warnings") else ""))
     return "\n".join(notes)
