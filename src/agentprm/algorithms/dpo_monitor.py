@@ -75,5 +75,5 @@ class RewardHackingMonitor:
     def summary(self, keep_best: bool = True, margin: float = 0.0) -> dict:
         kept = self.kept(keep_best, margin)
         return {"selected_step": kept.step if kept else None, "best_step": self.best.step if self.best else None,
-                "kept": "best" if kept is not None and kept is self.best else "last",
+                "kept": "best" if keep_best and kept is not None and kept is self.best else "last",
                 "readings": [asdict(r) for r in self.readings], "hacking_warnings": list(self.warnings)}
