@@ -374,7 +374,7 @@ class _Watch:
         self.metrics.log(step, val_prm_score=score, val_success=success, reward_hacking=float(warning))
         if warning:
             best = self.monitor.best
-            print(f"reward hacking? DPO step {step}: PRM score {score:.3f} > {best.prm_score:.3f} at step "
+            print(f"reward hacking? policy step {step}: PRM score {score:.3f} > {best.prm_score:.3f} at step "
                   f"{best.step}, validation success {success:.1%} < {best.success:.1%}", flush=True)
         if improved and self.config.keep_best:
             model = self.policy.model
