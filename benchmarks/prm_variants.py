@@ -61,6 +61,8 @@ VARIANTS: dict[str, list[str]] = {
     "all_state_bce": ["rollouts.games=0"] + SCALAR + ["targets.key=state", "prm.loss=soft_bce"],
     "undemo_all_implicit": [UNDEMONSTRATED, "rollouts.games=0", "prm.kind=implicit"],
     "undemo_all_state_bce": [UNDEMONSTRATED, "rollouts.games=0"] + SCALAR + ["targets.key=state", "prm.loss=soft_bce"],
+    "undemo_all_state_listwise": [UNDEMONSTRATED, "rollouts.games=0"] + SCALAR
+    + ["targets.key=state", "prm.loss=soft_bce+listwise"],  # the within-state loss where multi-action states abound
 }
 SHARED = ("games", "demos", "model_init", "iter_0")
 STAGES = ("rollout", "targets", "train-prm")
