@@ -41,6 +41,7 @@ from pathlib import Path
 BRANCHING = ["rollouts.episodes_per_game=1", "rollouts.branch_states=1", "rollouts.branch_actions=3",
              "rollouts.branch_continuations=1"]
 SCALAR = ["prm.kind=scalar"]  # explicit: a base config may default to the implicit PRM
+RESIDUAL = ["prm.kind=residual"]
 UNDEMONSTRATED = "<undemonstrated games>"  # resolved by undemonstrated_overrides from the base and N
 WIDE = ["rollouts.games=0", "rollouts.episodes_per_game=1"]
 VARIANTS: dict[str, list[str]] = {
@@ -63,6 +64,12 @@ VARIANTS: dict[str, list[str]] = {
     "undemo_all_state_bce": [UNDEMONSTRATED, "rollouts.games=0"] + SCALAR + ["targets.key=state", "prm.loss=soft_bce"],
     "undemo_all_state_listwise": [UNDEMONSTRATED, "rollouts.games=0"] + SCALAR
     + ["targets.key=state", "prm.loss=soft_bce+listwise"],  # the within-state loss where multi-action states abound
+    # the head sees w log pi_ref(a|s): it starts at the policy's ranking and learns a correction (residual_prm.py)
+    "state_residual": RESIDUAL + ["targets.key=state", "prm.loss=soft_bce"],
+    "undemo_all_state_residual": [UNDEMONSTRATED, "rollouts.games=0"] + RESIDUAL
+    + ["targets.key=state", "prm.loss=soft_bce"],
+    "undemo_all_state_residual_listwise": [UNDEMONSTRATED, "rollouts.games=0"] + RESIDUAL
+    + ["targets.key=state", "prm.loss=soft_bce+listwise"],
 }
 SHARED = ("games", "demos", "model_init", "iter_0")
 STAGES = ("rollout", "targets", "train-prm")

@@ -329,3 +329,48 @@ def test_listwise_run_on_true_state_targets(sft_model, alfworld_demos, tmp_path)
     assert 0.0 < reloaded.score([prompt], [targets[0].response])[0] < 1.0
     card = json.loads((tmp_path / "list" / "model" / "agentprm_prm.json").read_text())
     assert card["config"]["loss"] == "soft_bce+listwise" and card["config"]["within_weight"] == 0.5
+
+
+def test_residual_config_is_validated():
+    assert load_config(PRMTrainConfig, {"kind": "residual"}).policy_weight == 1.0
+    with pytest.raises(ConfigError, match="policy_weight"):
+        load_config(PRMTrainConfig, {"kind": "residual", "policy_weight": 0.0})
+    with pytest.raises(ConfigError, match="init: policy"):
+        load_config(PRMTrainConfig, {"kind": "residual", "init": "scratch"})
+
+
+def test_residual_run_starts_at_the_policy_and_reloads(sft_model, alfworld_demos, tmp_path):
+    """kind: residual: the zero head's first loss is the soft BCE of w0 * log pi_ref by hand; w is learnt, saved in
+    the card, and the reloaded PRM scores the validation targets as the trainer did."""
+    from agentprm.models.implicit_prm import load_prm
+    from agentprm.models.policy import Policy
+    from agentprm.models.residual_prm import ResidualPRM
+
+    targets = demo_targets(alfworld_demos)
+    prompt_config = PromptConfig(use_chat_template="never")
+    config = load_config(PRMTrainConfig, {"kind": "residual", "policy_weight": 0.5, "lr": 2e-3, "max_steps": 4,
+                                          "batch_size": 10_000, "warmup_steps": 0, "progress": False})
+    summary = train_prm(config, targets, sft_model, tmp_path / "res", prompt_config)
+
+    policy = Policy.from_pretrained(sft_model)
+    train = [t for t in targets if t.split == "train"]
+    prompts = [render_prompt(state_from_target(t), prompt_config, policy.tokenizer) for t in train]
+    ell = [row[0] for row in policy.score_responses(prompts, [[t.response] for t in train])]  # full forward passes
+    by_hand = -sum(t.q * math.log(1 / (1 + math.exp(-0.5 * e))) + (1 - t.q) * math.log(1 - 1 / (1 + math.exp(-0.5 * e)))
+                   for t, e in zip(train, ell)) / len(train)
+    losses = [m["value"] for m in read_metrics(tmp_path / "res" / "metrics.jsonl", "prm", "loss")]
+    assert losses[0] == pytest.approx(by_hand, rel=1e-4)
+    assert summary["kind"] == "residual" and summary["policy_weight_init"] == 0.5
+    assert summary["policy_weight"] != 0.5 and losses[-1] < losses[0]  # w moved, the loss fell
+
+    folder = tmp_path / "res" / "model"
+    card = json.loads((folder / "agentprm_prm.json").read_text())
+    assert card["kind"] == "residual" and card["policy_weight"] == pytest.approx(summary["policy_weight"])
+    assert card["config"]["kind"] == "residual" and (folder / "reference" / "config.json").is_file()
+    reloaded = load_prm(folder)
+    assert isinstance(reloaded, ResidualPRM)
+    val = [t for t in targets if t.split == "val"]
+    predictions = [json.loads(line) for line in (tmp_path / "res" / "val_predictions.jsonl").read_text().splitlines()]
+    scores = reloaded.score([render_prompt(state_from_target(t), prompt_config, reloaded.tokenizer) for t in val],
+                            [t.response for t in val])
+    assert scores == pytest.approx([p["score"] for p in predictions], abs=1e-5)

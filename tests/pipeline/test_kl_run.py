@@ -18,6 +18,7 @@ def kl_run(alfworld_root, tmp_path_factory):
     config["policy_step"] = "kl"
     config["kl"] = {"beta": 0.2, "lr": 1e-3, "steps": 3, "states_per_step": 4, "log_every": 1, "monitor_every": 2}
     config["dpo"]["monitor_every"] = 0
+    config["prm"] |= {"kind": "residual", "policy_weight": 0.5}  # the KL step and Best-of-N score with it
     return finished_run(config, tmp_path_factory.mktemp("kl_config"))
 
 
@@ -30,6 +31,10 @@ def test_the_kl_step_trains_pi_1_against_the_prm(kl_run):
     assert len(losses) == 3
     rows = read_summary(kl_run / "summary.json")["rows"]
     assert {(r["agent"], r["kind"]) for r in rows} >= {("pi_1", "policy"), ("pi_1", "bon")}
+    card = json.loads((kl_run / "iter_1/prm/model/agentprm_prm.json").read_text())  # prm.kind: residual
+    prm_summary = json.loads((kl_run / "iter_1/prm/prm_summary.json").read_text())
+    assert card["kind"] == "residual" and card["policy_weight"] == prm_summary["policy_weight"]
+    assert (kl_run / "iter_1/prm/model/reference/config.json").is_file()
     assert "KL step" in (kl_run / "report.md").read_text()
     # the monitor read the 3 seen games at steps 0, 2 and 3 and kept the best reading's weights
     monitor = summary["monitor"]

@@ -144,6 +144,9 @@ def test_shipped_configs_load_and_validate():
         load_config(EvalConfig if path.name.startswith("eval-") else RunConfig, path)
     with pytest.raises(ConfigError, match="unknown key"):
         load_config(RunConfig, {"prm": {"learning_rate": 1}})
+    with pytest.raises(ConfigError, match="InversePRM's trainer does not read log pi_ref"):
+        load_config(RunConfig, {"algorithm": "inverse_prm", "prm": {"kind": "residual"}})
+    assert load_config(RunConfig, {"prm": {"kind": "residual"}}).prm.policy_weight == 1.0
 
 
 def test_workers_are_a_count_or_a_backend_and_servers_need_free_generation():

@@ -25,6 +25,13 @@ trainer's items are the states: ``batch_size`` counts states (each brings all it
 at least ``batch_size`` sequences), length grouping uses a state's longest sequence, and a window of several
 micro-batches averages their losses weighted by their number of states.
 
+``kind: residual`` (``models.residual_prm``) trains the same head with any of these losses on the logit
+
+    z(s, a) = h_theta(s, a) + w * log pi_ref(a | s),        w a learnt scalar started at ``policy_weight``,
+
+log pi_ref the frozen initial policy's log-probability of ``response + EOS``, computed once per target before
+training: with the zero head the first scores rank each state's actions exactly as the policy does.
+
 The PRM reads ``render_prompt(state) + response`` (``ProcessRewardModel``'s sequence) and is initialised from the
 policy's backbone with a zero head (every initial score 0.5) or from scratch. AdamW, linear warm-up then cosine decay
 (``sft.lr_lambda``), gradient clipping, seeded batch order (``sft.batch_order``); trains on the "train" split of the
@@ -63,16 +70,20 @@ from agentprm.config import above, at_least, between
 from agentprm.metrics import MetricsLogger
 from agentprm.models.device import resolve_device
 from agentprm.models.policy import encode_responses, eval_no_grad, left_pad
-from agentprm.models.prompts import PromptConfig, encode_prompts_within
+from agentprm.models.prompts import PromptConfig, encode_prompts_within, render_prompt
 
 
 @dataclass
 class PRMTrainConfig:
-    kind: Literal["scalar", "implicit"] = field(default="scalar", metadata={
+    kind: Literal["scalar", "implicit", "residual"] = field(default="scalar", metadata={
         "help": "scalar: a scalar head on the policy's backbone fit to the MC targets (the paper); implicit: "
                 "Q(s, a) = sigmoid(beta log pi_phi(a|s) / pi_ref(a|s)) with phi initialised to the policy, trained "
                 "by episode cross-entropy on the rollouts' outcomes (Yuan et al. 2024; batch_size counts "
-                "episodes, eval_batch_size sequences per chunk; loss is not used)"})
+                "episodes, eval_batch_size sequences per chunk; loss is not used); residual: the scalar PRM plus "
+                "w log pi_ref(a|s), the frozen initial policy's log-probability as a feature, w learnt from "
+                "policy_weight (starts at the policy's ranking; models/residual_prm.py)"})
+    policy_weight: float = field(default=1.0, metadata={
+        "range": above(0), "help": "residual PRM: the initial weight w of log pi_ref(a|s) in the logit"})
     beta: float = field(default=0.1, metadata={"range": above(0), "help": "implicit PRM: beta of the log-ratio score"})
     outcome: Literal["sum", "mean_bias"] = field(default="sum", metadata={
         "help": "implicit PRM: an episode's outcome logit from its steps' scores z: sum (Yuan et al.: sum_t z_t) or "
@@ -135,6 +146,10 @@ class PRMTrainConfig:
             raise ValueError(f"bt_delta must be > 0 (pairs need a strict preference), got {self.bt_delta}")
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
+        if self.policy_weight <= 0:
+            raise ValueError(f"policy_weight must be > 0, got {self.policy_weight}")
+        if self.kind == "residual" and self.init != "policy":
+            raise ValueError("kind: residual needs init: policy (its feature is the initial policy's log pi)")
         if self.within_weight < 0:
             raise ValueError(f"within_weight must be >= 0, got {self.within_weight}")
         if self.list_temperature <= 0:
@@ -317,15 +332,24 @@ def _mean(values: Sequence[float]) -> float:
 
 class _LogitModule(torch.nn.Module):
     """The PRM's HF model as an ``nn.Module`` whose forward is ``ProcessRewardModel.forward_ids`` (our pooling), so
-    accelerate/DDP wrap the call that actually computes the logits."""
+    accelerate/DDP wrap the call that actually computes the logits. With ``policy_weight`` (the residual PRM) it
+    also holds the learnt scalar w and adds ``w * features`` (ell = log pi_ref per row) to the head's logits."""
 
-    def __init__(self, prm: Any) -> None:
+    def __init__(self, prm: Any, policy_weight: float | None = None) -> None:
         super().__init__()
         self.model = prm.model
         self._forward_ids = prm.forward_ids
+        self.policy_weight = None if policy_weight is None else torch.nn.Parameter(
+            torch.tensor(float(policy_weight), device=prm.device))
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, L) -> (B,)
-        return self._forward_ids(ids, mask)
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor,
+                features: torch.Tensor | None = None) -> torch.Tensor:  # (B, L) [, (B,)] -> (B,)
+        logits = self._forward_ids(ids, mask)
+        if self.policy_weight is None:
+            return logits
+        if features is None:
+            raise ValueError("a residual PRM's logits need the rows' log pi_ref features")
+        return logits + self.policy_weight * features
 
 
 def encode_targets(targets: Sequence[QTarget], tokenizer: Any, prompt_config: PromptConfig,
@@ -350,14 +374,16 @@ def encode_sequences(states: Sequence[Any], responses: Sequence[str], tokenizer:
 
 
 def predict_scores(module: torch.nn.Module, sequences: Sequence[list[int]], pad_id: int, device: Any,
-                   batch_size: int = 32) -> list[float]:
-    """sigmoid(logit) per sequence, no grad, eval mode, length-sorted batches."""
+                   batch_size: int = 32, features: Sequence[float] | None = None) -> list[float]:
+    """sigmoid(logit) per sequence, no grad, eval mode, length-sorted batches (``features``: the residual PRM's
+    log pi_ref per sequence)."""
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     scores = [0.0] * len(sequences)
     with eval_no_grad(module):
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
-            logits = module(*left_pad([sequences[i] for i in chunk], pad_id, device))
+            logits = module(*left_pad([sequences[i] for i in chunk], pad_id, device),
+                            *_features(features, chunk, device))
             for i, value in zip(chunk, torch.sigmoid(logits).tolist()):
                 scores[i] = value
     return scores
@@ -391,16 +417,28 @@ def training_items(config: PRMTrainConfig, train: Sequence[QTarget]) -> list:
     return state_groups(train)
 
 
-def _loss(module, items, batch, sequences, q, config, pad_id, device) -> torch.Tensor:
-    """Loss of one micro-batch: ``batch`` indexes ``items`` (see :func:`training_items`)."""
+def _features(features: Sequence[float] | None, rows: Sequence[int], device: Any) -> tuple:
+    """``(tensor of the rows' features,)`` for a residual PRM's module call, ``()`` without features."""
+    if features is None:
+        return ()
+    return (torch.tensor([features[i] for i in rows], dtype=torch.float32, device=device),)
+
+
+def _loss(module, items, batch, sequences, q, config, pad_id, device, features=None) -> torch.Tensor:
+    """Loss of one micro-batch: ``batch`` indexes ``items`` (see :func:`training_items`); ``features``: the
+    residual PRM's log pi_ref per target."""
+
+    def logits_of(rows: list[int]) -> torch.Tensor:  # (len(rows),)
+        return module(*left_pad([sequences[i] for i in rows], pad_id, device), *_features(features, rows, device))
+
     if config.loss == "soft_bce":
         rows = [items[k] for k in batch]
-        logits = module(*left_pad([sequences[i] for i in rows], pad_id, device))  # (B,)
+        logits = logits_of(rows)  # (B,)
         return soft_bce_loss(logits, torch.tensor([q[i] for i in rows], device=device))
     if config.loss == "soft_bce+listwise":
         groups = [items[k] for k in batch]
         rows = [i for members in groups for i in members]
-        logits = module(*left_pad([sequences[i] for i in rows], pad_id, device))  # (targets of the states,)
+        logits = logits_of(rows)  # (targets of the states,)
         positions, start = [], 0  # each state's rows in the concatenated batch
         for members in groups:
             positions.append(list(range(start, start + len(members))))
@@ -408,8 +446,7 @@ def _loss(module, items, batch, sequences, q, config, pad_id, device) -> torch.T
         return soft_bce_listwise_loss(logits, torch.tensor([q[i] for i in rows], device=device), positions,
                                       config.within_weight, config.list_temperature)
     pairs = [items[k] for k in batch]
-    seqs = [sequences[a] for a, _ in pairs] + [sequences[b] for _, b in pairs]
-    logits = module(*left_pad(seqs, pad_id, device))  # (2B,): preferred first, then the others
+    logits = logits_of([a for a, _ in pairs] + [b for _, b in pairs])  # (2B,): preferred first, then the others
     return bradley_terry_loss(logits[: len(pairs)], logits[len(pairs):])
 
 
@@ -421,10 +458,14 @@ def _write_json_atomic(path: Path, data: Any) -> None:
 
 def _save_model_atomic(prm: Any, folder: Path, card: dict[str, Any]) -> None:
     from agentprm.atomic import atomic_directory
+    from agentprm.models.residual_prm import ResidualPRM
 
     with atomic_directory(folder, overwrite=True) as staging:
-        prm.save_pretrained(staging)
-        (staging / "agentprm_prm.json").write_text(json.dumps(card, indent=2) + "\n")
+        if isinstance(prm, ResidualPRM):  # writes its own card (kind, w) over ``card``
+            prm.save_pretrained(staging, card)
+        else:
+            prm.save_pretrained(staging)
+            (staging / "agentprm_prm.json").write_text(json.dumps(card, indent=2) + "\n")
 
 
 def train_prm(config: PRMTrainConfig, targets: list[QTarget], init_model_path: str | Path, out_dir: str | Path,
@@ -455,6 +496,16 @@ def train_prm(config: PRMTrainConfig, targets: list[QTarget], init_model_path: s
         lengths = [len(train_seqs[i]) if isinstance(i, int) else max(len(train_seqs[j]) for j in i) for i in items]
     val_seqs = encode_targets(val, prm.tokenizer, prompt_config, config.max_length)
     train_q, val_q = [t.q for t in train], [t.q for t in val]
+    reference = train_features = val_features = None
+    if config.kind == "residual":  # ell = log pi_ref(a|s) of the frozen initial policy, once per target
+        from agentprm.models.policy import Policy
+        from agentprm.models.residual_prm import policy_log_probs
+
+        reference = Policy.from_pretrained(init_model_path, device=device, precision=precision)
+        train_features, val_features = (
+            policy_log_probs(reference, [render_prompt(state_from_target(t), prompt_config, reference.tokenizer)
+                                         for t in split], [t.response for t in split], config.eval_batch_size)
+            for split in (train, val))
 
     own_metrics = metrics is None
     if own_metrics:
@@ -462,16 +513,17 @@ def train_prm(config: PRMTrainConfig, targets: list[QTarget], init_model_path: s
                                 enabled=accelerator.is_main_process)
 
     def micro_batch_loss(module: torch.nn.Module, batch: list[int]) -> torch.Tensor:
-        return _loss(module, items, batch, train_seqs, train_q, config, prm.pad_id, device)
+        return _loss(module, items, batch, train_seqs, train_q, config, prm.pad_id, device, train_features)
 
     def val_scores(module: torch.nn.Module) -> list[float]:
-        return predict_scores(module, val_seqs, prm.pad_id, device, config.eval_batch_size)
+        return predict_scores(module, val_seqs, prm.pad_id, device, config.eval_batch_size, val_features)
 
     start_time = time.perf_counter()
     try:
         module, losses, total_steps = fit_prm_module(
             config, prm, accelerator, len(items), lengths, micro_batch_loss, metrics,
-            (lambda module: {"val_bce": validation_bce(val_scores(module), val_q)}) if val else None)
+            (lambda module: {"val_bce": validation_bce(val_scores(module), val_q)}) if val else None,
+            policy_weight=config.policy_weight if reference is not None else None)
     finally:
         if own_metrics:
             metrics.close()
@@ -480,13 +532,20 @@ def train_prm(config: PRMTrainConfig, targets: list[QTarget], init_model_path: s
     scores = val_scores(module)
     report = prm_validation_report(val, scores, config.calibration_bins, config.first_steps)
     sample = list(range(0, len(train), math.ceil(len(train) / 128) or 1))  # at most 128 train targets
-    train_scores = predict_scores(module, [train_seqs[i] for i in sample], prm.pad_id, device, config.eval_batch_size)
+    train_scores = predict_scores(module, [train_seqs[i] for i in sample], prm.pad_id, device, config.eval_batch_size,
+                                  None if train_features is None else [train_features[i] for i in sample])
     summary = {"steps": total_steps, "loss": config.loss, "train_targets": len(train), "val_targets": len(val),
                "train_items": len(items), "train_multi_action_states": state_counts(train)["multi_action_states"],
                "first_loss": losses[0], "final_loss": losses[-1],
                "train_bce": validation_bce(train_scores, [train_q[i] for i in sample]), "val_bce": report["bce"],
                "early_step_auc": report["early_step_auc"], "ece": report["ece"],
                "seconds": time.perf_counter() - start_time, "model": "model"}  # relative: the run renames the folder
+    if reference is not None:
+        from agentprm.models.residual_prm import ResidualPRM
+
+        weight = float(accelerator.unwrap_model(module).policy_weight.detach())
+        summary.update(kind="residual", policy_weight_init=config.policy_weight, policy_weight=weight)
+        prm = ResidualPRM(prm, reference, weight)
     if accelerator.is_main_process:
         _write_outputs(out, prm, config, report, summary, val, scores, iteration)
     accelerator.wait_for_everyone()
@@ -495,20 +554,23 @@ def train_prm(config: PRMTrainConfig, targets: list[QTarget], init_model_path: s
 
 def fit_prm_module(config: PRMTrainConfig, prm: Any, accelerator: Any, num_items: int, lengths: list[int] | None,
                    micro_batch_loss: Any, metrics: MetricsLogger, evaluate: Any = None,
-                   desc: str = "prm") -> tuple[torch.nn.Module, list[float], int]:
+                   desc: str = "prm", policy_weight: float | None = None) -> tuple[torch.nn.Module, list[float], int]:
     """The optimisation shared by the PRM trainers: AdamW, linear warm-up then cosine decay, ``num_items`` items in
     seeded (length-grouped when ``lengths``) batches of ``config.batch_size``, ``config.grad_accum`` micro-batches
     per step, clipping; logs ``loss`` and ``lr`` every step and ``evaluate(module)``'s dict every ``eval_every``
     steps and at the end. ``micro_batch_loss(module, batch)`` gives the mean loss of a micro-batch of item indices
     (an item is a target, a pair or a state: :func:`training_items`). Returns the (prepared) module, the per-step
-    losses and the number of steps."""
+    losses and the number of steps. ``policy_weight``: the residual PRM's initial w (a parameter of the module,
+    without weight decay)."""
     from tqdm import tqdm
 
     steps_per_epoch = max(1, math.ceil(math.ceil(num_items / config.batch_size) / config.grad_accum))
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
-    module = _LogitModule(prm)
-    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=config.lr,
-                                  weight_decay=config.weight_decay)
+    module = _LogitModule(prm, policy_weight)
+    groups = [{"params": [p for p in module.model.parameters() if p.requires_grad]}]
+    if module.policy_weight is not None:
+        groups.append({"params": [module.policy_weight], "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_lambda(s, config.warmup_steps, total_steps, config.min_lr_ratio))
     # The scheduler stays outside accelerate, which would step it once per process: one step per optimiser step.

@@ -47,7 +47,7 @@ class ImplicitPRM:
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "cpu", precision: str = "fp32") -> "ImplicitPRM":
         folder = Path(path)
-        card = _card(folder)
+        card = read_card(folder)
         if card.get("kind") != KIND:
             raise ValueError(f"{folder} is not an implicit PRM (agentprm_prm.json kind {card.get('kind')!r})")
         return cls(Policy.from_pretrained(folder / "policy", device=device, precision=precision),
@@ -86,7 +86,8 @@ class ImplicitPRM:
         return [1.0 / (1.0 + math.exp(-self.beta * r)) for r in self.log_ratios(prompts, responses)]
 
 
-def _card(folder: Path) -> dict[str, Any]:
+def read_card(folder: Path) -> dict[str, Any]:
+    """A PRM folder's ``agentprm_prm.json`` ({} when absent); a corrupt card is reported with the fix."""
     card = folder / "agentprm_prm.json"
     if not card.is_file():
         return {}
@@ -98,11 +99,15 @@ def _card(folder: Path) -> dict[str, Any]:
 
 
 def load_prm(path: str | Path, device: str = "cpu", precision: str = "fp32") -> Any:
-    """A PRM folder of either kind: an implicit PRM, or a scalar-head ``ProcessRewardModel``, scoring on ``device``
-    in ``precision`` (models/device.py)."""
+    """A PRM folder of any kind: an implicit PRM, a residual PRM (``models.residual_prm``) or a scalar-head
+    ``ProcessRewardModel``, scoring on ``device`` in ``precision`` (models/device.py)."""
     from agentprm.models.prm import ProcessRewardModel
+    from agentprm.models.residual_prm import KIND as RESIDUAL, ResidualPRM
 
     folder = Path(path)
-    if folder.is_dir() and _card(folder).get("kind") == KIND:
+    kind = read_card(folder).get("kind") if folder.is_dir() else None
+    if kind == KIND:
         return ImplicitPRM.from_pretrained(folder, device=device, precision=precision)
+    if kind == RESIDUAL:
+        return ResidualPRM.from_pretrained(folder, device=device, precision=precision)
     return ProcessRewardModel.from_pretrained(path, device=device, precision=precision)

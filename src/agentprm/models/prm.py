@@ -38,6 +38,7 @@ that every initial score is exactly 0.5 (``head_init="normal"`` draws N(0, initi
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -57,7 +58,15 @@ from agentprm.models.policy import (
     right_pad,
 )
 
-__all__ = ["ProcessRewardModel"]
+__all__ = ["ProcessRewardModel", "sigmoid"]
+
+
+def sigmoid(z: float) -> float:
+    """1 / (1 + exp(-z)) without overflow for large |z|."""
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
 
 
 def _check_folder(path: str | Path, what: str) -> str:
@@ -216,6 +225,10 @@ class ProcessRewardModel:
         DPO score several responses per state, which this makes about as cheap as scoring one. The result equals
         :meth:`logits` on the full sequences up to float error (tested).
         """
+        return [sigmoid(z) for z in self.head_logits(prompts, responses, batch_size)]
+
+    def head_logits(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 32) -> list[float]:
+        """The head's raw logit per pair, no grad, eval mode, by the shared-prompt pass of :meth:`score`."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         if not prompts:
@@ -235,7 +248,7 @@ class ProcessRewardModel:
                 logits = self._shared_prompt_logits([prompt_ids[b] for b in group],
                                                     [(position[owner[row]], response_ids[row]) for row in rows],
                                                     batch_size)
-                for row, value in zip(rows, torch.sigmoid(logits).tolist()):
+                for row, value in zip(rows, logits.tolist()):
                     result[row] = value
         return result
 

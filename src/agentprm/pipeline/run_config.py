@@ -313,6 +313,9 @@ class RunConfig:
         if self.prm.kind == "implicit" and (self.algorithm != "agentprm" or self.targets.shaping):
             raise ValueError("prm.kind: implicit is trained on the rollouts' outcomes: it needs algorithm: agentprm "
                              "and targets.shaping: false")
+        if self.prm.kind == "residual" and self.algorithm == "inverse_prm":
+            raise ValueError("prm.kind: residual is fit to the Monte Carlo targets: InversePRM's trainer does not "
+                             "read log pi_ref (use prm.kind: scalar with algorithm: inverse_prm)")
         if self.rationalise.enabled and self.prompt.template != "reason_action":
             raise ValueError("rationalise.enabled needs prompt.template: reason_action (action_only trains on the bare "
                              "action: the reasons would never be used)")

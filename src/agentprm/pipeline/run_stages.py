@@ -273,7 +273,7 @@ def shape(ctx: RunContext, out: Path, iteration: int, found: list, records: list
     from agentprm.models.prompts import render_prompt
 
     if iteration == 1:
-        config = dataclasses.replace(ctx.config.prm, loss="soft_bce", seed=_seed(ctx, "prm", 0),
+        config = dataclasses.replace(ctx.config.prm, kind="scalar", loss="soft_bce", seed=_seed(ctx, "prm", 0),
                                      progress=ctx.config.progress)
         fit_prm(config, value_targets(found), str(ctx.policy_path(0)), out / "value", ctx.config.prompt)
         folder = out / "value" / "model"
