@@ -70,6 +70,10 @@ VARIANTS: dict[str, list[str]] = {
     + ["targets.key=state", "prm.loss=soft_bce"],
     "undemo_all_state_residual_listwise": [UNDEMONSTRATED, "rollouts.games=0"] + RESIDUAL
     + ["targets.key=state", "prm.loss=soft_bce+listwise"],
+    # w0 = 0.1: log pi's spread within a state (several nats) no longer swamps what the head can learn in one epoch
+    "state_residual_0.1": RESIDUAL + ["prm.policy_weight=0.1", "targets.key=state", "prm.loss=soft_bce"],
+    "undemo_all_state_residual_0.1": [UNDEMONSTRATED, "rollouts.games=0"] + RESIDUAL
+    + ["prm.policy_weight=0.1", "targets.key=state", "prm.loss=soft_bce"],
 }
 SHARED = ("games", "demos", "model_init", "iter_0")
 STAGES = ("rollout", "targets", "train-prm")
