@@ -149,16 +149,7 @@ class PolicyLogProb:
         self.policy, self.tokenizer = policy, policy.tokenizer
 
     def score(self, prompts, responses):
-        distinct: dict[str, list[int]] = {}
-        for row, prompt in enumerate(prompts):
-            distinct.setdefault(prompt, []).append(row)
-        out = [0.0] * len(prompts)
-        keys = list(distinct)
-        scores = self.policy.score_candidates(keys, [[responses[r] for r in distinct[k]] for k in keys])
-        for key, values in zip(keys, scores):
-            for row, value in zip(distinct[key], values):
-                out[row] = value
-        return out
+        return self.policy.score_pairs(prompts, responses)
 
 
 def fmt(metric: dict, percent: bool = True) -> str:

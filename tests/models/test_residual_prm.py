@@ -8,7 +8,7 @@ import pytest
 from agentprm.models.implicit_prm import load_prm
 from agentprm.models.policy import Policy
 from agentprm.models.prm import ProcessRewardModel, sigmoid
-from agentprm.models.residual_prm import ResidualPRM, policy_log_probs
+from agentprm.models.residual_prm import ResidualPRM
 
 PROMPTS = ["You are in a kitchen. Your task is to: put a mug in the sink.\n> ",
            "You are in a bedroom. Your task is to: find a book.\n> "]
@@ -28,7 +28,7 @@ def test_zero_head_scores_sigmoid_of_w_log_pi_and_ranks_as_the_policy(sft_model,
     responses = [a for actions in ACTIONS for a in actions]
     by_policy = policy.score_responses(PROMPTS, ACTIONS)  # full forward passes, one per sequence
     ell = [value for row in by_policy for value in row]
-    assert policy_log_probs(policy, prompts, responses) == pytest.approx(ell, abs=1e-4)
+    assert policy.score_pairs(prompts, responses) == pytest.approx(ell, abs=1e-4)  # pairs grouped by prompt
     scores = prm.score(prompts, responses)
     assert scores == pytest.approx([1 / (1 + math.exp(-0.7 * e)) for e in ell], abs=1e-5)
     start = 0

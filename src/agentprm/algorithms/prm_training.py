@@ -499,12 +499,11 @@ def train_prm(config: PRMTrainConfig, targets: list[QTarget], init_model_path: s
     reference = train_features = val_features = None
     if config.kind == "residual":  # ell = log pi_ref(a|s) of the frozen initial policy, once per target
         from agentprm.models.policy import Policy
-        from agentprm.models.residual_prm import policy_log_probs
 
         reference = Policy.from_pretrained(init_model_path, device=device, precision=precision)
         train_features, val_features = (
-            policy_log_probs(reference, [render_prompt(state_from_target(t), prompt_config, reference.tokenizer)
-                                         for t in split], [t.response for t in split], config.eval_batch_size)
+            reference.score_pairs([render_prompt(state_from_target(t), prompt_config, reference.tokenizer)
+                                   for t in split], [t.response for t in split], config.eval_batch_size)
             for split in (train, val))
 
     own_metrics = metrics is None

@@ -19,12 +19,12 @@ On disk (``save_pretrained``): ``agentprm_prm.json`` ({"kind": "implicit", "beta
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from agentprm.models.policy import Policy
+from agentprm.models.prm import sigmoid
 
 KIND = "implicit"
 
@@ -47,9 +47,7 @@ class ImplicitPRM:
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "cpu", precision: str = "fp32") -> "ImplicitPRM":
         folder = Path(path)
-        card = read_card(folder)
-        if card.get("kind") != KIND:
-            raise ValueError(f"{folder} is not an implicit PRM (agentprm_prm.json kind {card.get('kind')!r})")
+        card = card_of_kind(folder, KIND)
         return cls(Policy.from_pretrained(folder / "policy", device=device, precision=precision),
                    Policy.from_pretrained(folder / "reference", device=device, precision=precision), card["beta"])
 
@@ -63,27 +61,13 @@ class ImplicitPRM:
 
     def log_ratios(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         """z / beta = log pi_phi(response | prompt) - log pi_ref(response | prompt) per pair, each distinct prompt
-        run once with all of its responses (``Policy.score_candidates``)."""
-        if len(prompts) != len(responses):
-            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        distinct: dict[str, list[int]] = {}
-        for row, prompt in enumerate(prompts):
-            distinct.setdefault(prompt, []).append(row)
-        keys = list(distinct)
-        texts = [[responses[row] for row in distinct[p]] for p in keys]
-        out = [0.0] * len(prompts)
-        if not keys:
-            return out
-        phi = self.policy.score_candidates(keys, texts)
-        ref = self.reference.score_candidates(keys, texts)
-        for p, lp_phi, lp_ref in zip(keys, phi, ref):
-            for row, a, b in zip(distinct[p], lp_phi, lp_ref):
-                out[row] = a - b
-        return out
+        run once with all of its responses (``Policy.score_pairs``)."""
+        phi = self.policy.score_pairs(prompts, responses)
+        return [a - b for a, b in zip(phi, self.reference.score_pairs(prompts, responses))]
 
     def score(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 32) -> list[float]:
         """Q(s, a) = sigmoid(beta * log ratio) in (0, 1)."""
-        return [1.0 / (1.0 + math.exp(-self.beta * r)) for r in self.log_ratios(prompts, responses)]
+        return [sigmoid(self.beta * r) for r in self.log_ratios(prompts, responses)]
 
 
 def read_card(folder: Path) -> dict[str, Any]:
@@ -96,6 +80,15 @@ def read_card(folder: Path) -> dict[str, Any]:
     except json.JSONDecodeError as error:
         raise ValueError(f"{card} is corrupt ({error}); rebuild the PRM (`agentprm train-prm RUN --iteration i "
                          f"--redo`)") from None
+
+
+def card_of_kind(folder: Path, kind: str) -> dict[str, Any]:
+    """``folder``'s card (:func:`read_card`); a ValueError unless it names ``kind``."""
+    card = read_card(folder)
+    if card.get("kind") != kind:
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise ValueError(f"{folder} is not {article} {kind} PRM (agentprm_prm.json kind {card.get('kind')!r})")
+    return card
 
 
 def load_prm(path: str | Path, device: str = "cpu", precision: str = "fp32") -> Any:

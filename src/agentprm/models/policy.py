@@ -456,6 +456,24 @@ class Policy:
         prompt_ids, cand_ids = self._encode_candidates(prompts, candidates)
         return self._score_candidate_ids(prompt_ids, cand_ids, batch_size)
 
+    def score_pairs(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 64) -> list[float]:
+        """``logprob(response + EOS | prompt)`` per (prompt, response) pair: the pairs grouped by prompt, each
+        distinct prompt scored once with all of its responses (:meth:`score_candidates`)."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        distinct: dict[str, list[int]] = {}
+        for row, prompt in enumerate(prompts):
+            distinct.setdefault(prompt, []).append(row)
+        out = [0.0] * len(prompts)
+        if not distinct:
+            return out
+        keys = list(distinct)
+        scores = self.score_candidates(keys, [[responses[row] for row in distinct[key]] for key in keys], batch_size)
+        for key, values in zip(keys, scores):
+            for row, value in zip(distinct[key], values):
+                out[row] = float(value)
+        return out
+
     def _encode_candidates(
         self, prompts: list[str], candidates: list[list[str]]
     ) -> tuple[list[list[int]], list[list[list[int]]]]:

@@ -27,30 +27,11 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from agentprm.models.implicit_prm import read_card
+from agentprm.models.implicit_prm import card_of_kind
 from agentprm.models.policy import Policy
 from agentprm.models.prm import ProcessRewardModel, sigmoid
 
 KIND = "residual"
-
-
-def policy_log_probs(policy: Policy, prompts: Sequence[str], responses: Sequence[str],
-                     batch_size: int = 64) -> list[float]:
-    """ell = log pi(response + EOS | prompt) per pair, each distinct prompt run once with all of its responses."""
-    if len(prompts) != len(responses):
-        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    distinct: dict[str, list[int]] = {}
-    for row, prompt in enumerate(prompts):
-        distinct.setdefault(prompt, []).append(row)
-    out = [0.0] * len(prompts)
-    if not distinct:
-        return out
-    keys = list(distinct)
-    scores = policy.score_candidates(keys, [[responses[row] for row in distinct[key]] for key in keys], batch_size)
-    for key, values in zip(keys, scores):
-        for row, value in zip(distinct[key], values):
-            out[row] = float(value)
-    return out
 
 
 class ResidualPRM:
@@ -63,9 +44,7 @@ class ResidualPRM:
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "cpu", precision: str = "fp32") -> "ResidualPRM":
         folder = Path(path)
-        card = read_card(folder)
-        if card.get("kind") != KIND:
-            raise ValueError(f"{folder} is not a residual PRM (agentprm_prm.json kind {card.get('kind')!r})")
+        card = card_of_kind(folder, KIND)
         if not (folder / "reference").is_dir():
             raise FileNotFoundError(f"residual PRM {folder} has no reference/ policy: rebuild it (`agentprm "
                                     f"train-prm RUN --iteration i --redo`)")
@@ -83,7 +62,7 @@ class ResidualPRM:
     def logits(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 32) -> list[float]:
         """z = h_theta + w * ell per pair (no grad)."""
         head = self.prm.head_logits(prompts, responses, batch_size)
-        ell = policy_log_probs(self.reference, prompts, responses)
+        ell = self.reference.score_pairs(prompts, responses)
         return [h + self.policy_weight * e for h, e in zip(head, ell)]
 
     def score(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 32) -> list[float]:
