@@ -21,6 +21,7 @@ from agentprm.algorithms.mc_targets import (
     state_key,
     target_histogram,
     targets_from_parquet,
+    visited_state_id,
     targets_to_parquet,
 )
 from agentprm.algorithms.sft_data import in_validation
@@ -264,6 +265,24 @@ def test_fallback_state_is_the_observation_and_admissible_actions():
         json.dumps(["kitchen", ["go east", "open fridge"]]).encode()).hexdigest()[:16]
     assert table[("kitchen", "open fridge", 2)].state_id == pooled_state_id("g", kitchen)
     assert table[("kitchen", "open fridge", 2)].state_id == table[("kitchen", "go east", 2)].state_id
+
+
+def test_state_visited_key_separates_what_the_agent_remembers_and_merges_the_same_set():
+    # A reaches y through x (visited {x, y} at sy); B goes straight to y ({y}); C goes y, x, then y again ({x, y})
+    via_y_and_x = [("start", "go to y", "s0"), ("at y", "go to x", "s1"), ("at x", "go to y", "s2"),
+                   ("at y again", "take mug", "sy")]
+    records = [world("g", VIA_X, won=True), world("g", DIRECT, won=False), world("g", via_y_and_x, won=False)]
+    pooled = mc_q_targets(records, gamma=0.5, val_fraction=0.0, key="state")
+    by_memory = mc_q_targets(records, gamma=0.5, val_fraction=0.0, key="state_visited")
+    take = {t.key: t for t in pooled if t.action == "take mug"}
+    assert [t.visits for t in take.values()] == [3]  # the world alone merges all three
+    take = [t for t in by_memory if t.action == "take mug"]
+    assert [(t.visits, t.episode_indices, t.q) for t in take] == [(2, [0, 2], (1.0 + 0.0) / 2), (1, [1], 0.0)]
+    assert take[0].state_id == pooled_state_id("g", visited_state_id("sy", [("start", "go to x"), ("at x", "go to y")]))
+    assert visited_state_id("sy", [("o", "go to x"), ("o", "go to y")]) == visited_state_id(
+        "sy", [("o", "go to y"), ("o", "go to x"), ("o", "look")]) == "visited:" + hashlib.sha256(
+        json.dumps(["sy", ["x", "y"]]).encode()).hexdigest()[:16]
+    assert visited_state_id("sy", [("o", "go to x")]) != visited_state_id("sy", [])
 
 
 @pytest.mark.parametrize("key", KEYINGS)

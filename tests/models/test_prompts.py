@@ -23,6 +23,7 @@ from agentprm.models.prompts import (
     render_prompt_within,
     select_history,
     strip_filler,
+    visited_places,
     with_recent_history,
 )
 
@@ -429,3 +430,41 @@ def test_step_budget_shows_the_steps_left_in_every_template():
     assert "Steps left: 0" in render_prompt(late, PromptConfig(step_budget=30, use_chat_template="never"))
     with pytest.raises(ValueError, match="step_budget"):
         PromptConfig(step_budget=-1)
+
+
+def test_visited_places_lists_each_place_gone_to_once_in_first_visit_order():
+    history = [("o0", "go to drawer 1"), ("o1", "open drawer 1"), ("o2", "go to shelf 1"), ("o3", "go to drawer 1"),
+               ("o4", "go  to sofa 1"), ("o5", "go to\ncabinet 2"), ("o6", "move north")]
+    # actions are read as the prompt shows them (whitespace collapsed); "move north" is no "go to"
+    assert visited_places(history) == ["drawer 1", "shelf 1", "sofa 1", "cabinet 2"]
+    assert visited_places([]) == [] and visited_places([("o", "look")]) == []
+
+
+def test_show_visited_line_counts_the_whole_history_in_every_template():
+    state = PromptState("put a mug in the cabinet.", "You arrive at shelf 1.", ["look"],
+                        [("o1", "go to drawer 1"), ("o2", "open drawer 1"), ("o3", "go to shelf 1")])
+    for template in ("action_only", "reason_action"):
+        config = PromptConfig(template=template, show_visited=True, history_window=1, use_chat_template="never")
+        shown = render_prompt(state, config)
+        # the line follows the task line; "drawer 1" is outside the 1-step window and still listed
+        assert "Task: put a mug in the cabinet.\nVisited: drawer 1, shelf 1\n" in shown
+        assert "Obs: o1" not in shown and "Observation: o1" not in shown
+        assert "Visited: none\n" in render_prompt(PromptState("t", "o", ["look"]), config)
+        assert "Visited" not in render_prompt(state, PromptConfig(template=template, use_chat_template="never"))
+    assert render_prompt(state, PromptConfig(show_visited=True, use_chat_template="never")) == (
+        "Task: put a mug in the cabinet.\nVisited: drawer 1, shelf 1\nObs: o2\nACTION: open drawer 1\n"
+        "Obs: o3\nACTION: go to shelf 1\nObs: You arrive at shelf 1.\nValid: look\nACTION:\n")
+    with pytest.raises(ValueError, match="show_visited"):
+        PromptConfig(show_visited="yes")
+
+
+def test_a_token_budget_drops_history_lines_but_not_the_steps_left_or_visited_facts():
+    state = PromptState("t", "o", ["look"], [("o1", "go to drawer 1"), ("o2", "look"), ("o3", "go to sofa 1")])
+    config = PromptConfig(show_visited=True, step_budget=30, history_window=-1, use_chat_template="never")
+    cut = with_recent_history(state, 1)
+    assert cut.history == [("o3", "go to sofa 1")] and cut.dropped_history == state.history[:2]
+    assert cut.whole_history() == state.history
+    assert with_recent_history(cut, 0).history == [] and with_recent_history(cut, 0).whole_history() == state.history
+    assert with_recent_history(state, 9).history == state.history  # keeping more than there is keeps all
+    shown = render_prompt(cut, config)
+    assert "Steps left: 27\n" in shown and "Visited: drawer 1, sofa 1\n" in shown and "o1" not in shown

@@ -9,7 +9,7 @@ and the target of a key is the mean over every visit of the key, with the visit 
 
     Q_hat(s, a) = (1 / N(s, a)) * sum_{visits} G_t        in [0, 1]
 
-Two keyings (``key``):
+Three keyings (``key``):
 
 * ``"prefix"`` (the paper's, default): the game id and the FULL prefix of (observation, action) pairs up to and
   including the action,
@@ -29,6 +29,10 @@ Two keyings (``key``):
   "You arrive at X" alias different worlds. For an environment that exposes no state (TextWorldExpress) the
   documented fallback is sid = sha256(observation, sorted admissible actions), an approximation that aliases worlds
   behind identical text. Every visit counts, also a state-action an episode revisits (every-visit Monte Carlo).
+* ``"state_visited"``: ``"state"`` with the set of places visited before t (``prompts.visited_places``) in the
+  state id, sid'(s_t) = sha256(sid(s_t), sorted(visited)): the world facts do not record where the agent has
+  looked, the ``prompt.show_visited`` line does, so the targets pool exactly the visits its prompt cannot tell apart
+  by world and memory.
 
 Each target carries ``state_id``, the group of sibling actions at one state (``state_key``): for ``"prefix"``
 sha256(game_id, history, o_t), for ``"state"`` sha256(game_id, sid(s_t)). Bradley-Terry pairs, the within-state
@@ -74,10 +78,10 @@ import pyarrow.parquet as pq
 from agentprm.algorithms.sft_data import in_validation
 from agentprm.data import TrajectoryRecord
 from agentprm.data.records import StepRecord
-from agentprm.models.prompts import PromptState
+from agentprm.models.prompts import PromptState, visited_places
 
 TARGETS_FORMAT_VERSION = 2  # 2: the state_id column; version-1 files are still read (state_id from the history)
-KEYINGS = ("prefix", "state")
+KEYINGS = ("prefix", "state", "state_visited")
 REPLAYED_FLAGS = ("reset", "branch_prefix")  # step.extras flags of steps the policy did not choose
 _METADATA_KIND = b"agentprm.kind"
 _METADATA_VERSION = b"agentprm.targets_version"
@@ -148,6 +152,15 @@ def pooled_state_id(game_id: str, state_id: str) -> str:
     return "state:" + _digest([game_id, state_id])
 
 
+def visited_state_id(state_id: str, history: Iterable[tuple[str, str]]) -> str:
+    """State id under ``key="state_visited"``: the true state's id and the set of places visited so far
+    (``prompts.visited_places``, sorted), sha256(state id, places). The world's facts do not record where the
+    agent has looked; a prompt with ``show_visited`` does, so two visits of one world state that remember different
+    places are different states to the agent (and to its Q: a policy that goes back to where it has looked wastes
+    steps)."""
+    return "visited:" + _digest([state_id, sorted(visited_places(history))])[:16]
+
+
 def state_action_key(game_id: str, state_id: str, action: str) -> str:
     """Key under ``key="state"``: sha256(game_id, state id, action)."""
     return _digest([game_id, state_id, action])
@@ -176,12 +189,14 @@ def _visits(record: TrajectoryRecord, key: str) -> Iterator[tuple[int, list[tupl
                    history_state_id(record.game_id, history, step.observation))
         else:
             state_id = step_state_id(step)
+            if key == "state_visited":
+                state_id = visited_state_id(state_id, history)
             yield (step_index, history, state_action_key(record.game_id, state_id, step.action),
                    pooled_state_id(record.game_id, state_id))
 
 
 def mc_q_targets(records: Iterable[TrajectoryRecord], gamma: float, val_fraction: float = 0.1,
-                 key: Literal["prefix", "state"] = "prefix") -> list[QTarget]:
+                 key: Literal["prefix", "state", "state_visited"] = "prefix") -> list[QTarget]:
     """Monte Carlo Q targets of every key in ``records``, in first-visit order (see the module doc for ``key``)."""
     if not 0.0 < gamma <= 1.0:
         raise ValueError(f"gamma must be in (0, 1], got {gamma}")

@@ -79,6 +79,13 @@ class PromptState:
     admissible_actions: list[str]
     history: list[tuple[str, str]] = field(default_factory=list)
     task_type: str = ""
+    # Steps before ``history`` that a token budget dropped (:func:`with_recent_history`): never shown, but still
+    # counted by the "Steps left" and "Visited" lines, so that a shortened prompt states the same facts.
+    dropped_history: list[tuple[str, str]] = field(default_factory=list)
+
+    def whole_history(self) -> list[tuple[str, str]]:
+        """Every earlier (observation, action) pair of the episode, the dropped ones included."""
+        return list(self.dropped_history) + list(self.history)
 
     @classmethod
     def from_step_records(cls, task: str, steps: Sequence[Any], index: int, task_type: str = "") -> PromptState:
@@ -130,7 +137,9 @@ class PromptConfig:
     ``Hint: <hint>`` before the answer line (steered exploration samples with it; training never sees it).
     ``step_budget``: when > 0, a line ``Steps left: <budget - steps taken>`` after the observation (the steps taken
     are the state's whole history, shown or not); set it to the episodes' step budget (``eval.max_steps``) so that
-    every stage renders the same number for the same state.
+    every stage renders the same number for the same state. ``show_visited``: a line ``Visited: <places>`` after
+    the task, the places the agent went to over the whole episode (:func:`visited_places`), so that a short
+    history window still shows where it has already been; ``Visited: none`` before the first move.
     """
 
     template: TemplateName = field(default="action_only", metadata={
@@ -147,6 +156,8 @@ class PromptConfig:
     hint: str = field(default="", metadata={"help": "a 'Hint:' line (steered exploration only)"})
     step_budget: int = field(default=0, metadata={"range": at_least(0), "help": "> 0: a 'Steps left' line, "
                                                   "budget - steps taken (set it to eval.max_steps)"})
+    show_visited: bool = field(default=False, metadata={"help": "a 'Visited:' line: the places gone to over the "
+                                                        "whole episode"})
 
     def __post_init__(self) -> None:
         if not isinstance(self.hint, str):
@@ -155,7 +166,7 @@ class PromptConfig:
         _check_int("history_window", self.history_window, minimum=-1)
         _check_int("history_obs_words", self.history_obs_words, minimum=0)
         _check_int("step_budget", self.step_budget, minimum=0)
-        for name in ("sort_actions", "show_actions", "strip_filler"):
+        for name in ("sort_actions", "show_actions", "strip_filler", "show_visited"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"PromptConfig.{name} must be a bool, got {getattr(self, name)!r}")
         _check_choice("use_chat_template", self.use_chat_template, CHAT_TEMPLATE_MODES)
@@ -201,6 +212,19 @@ def select_history(history: Sequence[tuple[str, str]], window: int) -> list[tupl
     return list(history) if window < 0 else list(history[-window:])
 
 
+MOVE_PREFIX = "go to "
+
+
+def visited_places(history: Iterable[tuple[str, str]]) -> list[str]:
+    """The places of the ``go to <place>`` actions in ``history``, each once, in the order first gone to.
+
+    ALFWorld moves only by ``go to <receptacle>``; an environment without such actions (TextWorldExpress moves by
+    ``move <direction>``) gives an empty list, and its prompt says ``Visited: none``.
+    """
+    places = (one_line(action)[len(MOVE_PREFIX):] for _, action in history if one_line(action).startswith(MOVE_PREFIX))
+    return list(dict.fromkeys(place for place in places if place))
+
+
 def prepare_actions(actions: Iterable[str], sort: bool) -> list[str]:
     """Valid actions as shown: one line each, empty ones and duplicates dropped, optionally sorted."""
     unique = list(dict.fromkeys(one_line(action) for action in actions))
@@ -232,6 +256,7 @@ def template_variables(state: PromptState, config: PromptConfig) -> dict[str, An
         }
         for obs, action in select_history(state.history, config.history_window)
     ]
+    whole = state.whole_history()
     return {
         "task": one_line(state.task),
         "task_type": state.task_type,
@@ -240,7 +265,8 @@ def template_variables(state: PromptState, config: PromptConfig) -> dict[str, An
         "show_actions": config.show_actions,
         "actions": prepare_actions(state.admissible_actions, config.sort_actions),
         "hint": one_line(config.hint),
-        "steps_left": max(config.step_budget - len(state.history), 0) if config.step_budget else None,
+        "steps_left": max(config.step_budget - len(whole), 0) if config.step_budget else None,
+        "visited": (", ".join(visited_places(whole)) or "none") if config.show_visited else None,
     }
 
 
@@ -317,8 +343,11 @@ def format_response(action: str, reason: str = "", config: PromptConfig | None =
 
 
 def with_recent_history(state: PromptState, keep: int) -> PromptState:
-    """A copy of ``state`` whose history holds only its last ``keep`` steps (``keep`` >= 0)."""
-    return dataclasses.replace(state, history=list(state.history[len(state.history) - keep:]) if keep > 0 else [])
+    """A copy of ``state`` whose history shows only its last ``keep`` steps (``keep`` >= 0); the others move to
+    ``dropped_history``, so the "Steps left" and "Visited" lines still count them."""
+    cut = max(len(state.history) - keep, 0) if keep > 0 else len(state.history)
+    return dataclasses.replace(state, history=list(state.history[cut:]),
+                               dropped_history=list(state.dropped_history) + list(state.history[:cut]))
 
 
 def prompt_length(prompt: str, tokenizer: Any) -> int:

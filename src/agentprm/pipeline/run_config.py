@@ -123,9 +123,10 @@ class TargetSettings:
     shaping: bool = field(default=False, metadata={
         "help": "process reward shaping: Q_hat + gamma V(s') - V(s) with V the value model of pi_0 (learned from "
                 "iteration 1's rollouts), mapped affinely to [0, 1]"})
-    key: Literal["prefix", "state"] = field(default="prefix", metadata={
+    key: Literal["prefix", "state", "state_visited"] = field(default="prefix", metadata={
         "help": "prefix: the paper's full-history key; state: pool visits by the environment's true state "
-                "(ALFWorld world facts; observation + admissible actions where an environment exposes none)"})
+                "(ALFWorld world facts; observation + admissible actions where an environment exposes none); "
+                "state_visited: the true state and the set of places visited (for prompt.show_visited)"})
 
 
 @dataclass
