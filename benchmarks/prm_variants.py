@@ -48,6 +48,9 @@ VARIANTS: dict[str, list[str]] = {
     "prefix_bce": SCALAR + ["targets.key=prefix", "prm.loss=soft_bce"],
     "state_bce": SCALAR + ["targets.key=state", "prm.loss=soft_bce"],
     "state_listwise": SCALAR + ["targets.key=state", "prm.loss=soft_bce+listwise"],
+    # for a base with prompt.show_visited: pool by the true state and the places visited (what its prompt shows)
+    "visited_bce": SCALAR + ["targets.key=state_visited", "prm.loss=soft_bce"],
+    "visited_listwise": SCALAR + ["targets.key=state_visited", "prm.loss=soft_bce+listwise"],
     "implicit": ["prm.kind=implicit"],
     "implicit_mean": ["prm.kind=implicit", "prm.outcome=mean_bias"],  # b + mean_t z: no length bias
     "branch_prefix_bce": BRANCHING + SCALAR + ["targets.key=prefix", "prm.loss=soft_bce"],
