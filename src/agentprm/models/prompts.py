@@ -221,7 +221,8 @@ def visited_places(history: Iterable[tuple[str, str]]) -> list[str]:
     ALFWorld moves only by ``go to <receptacle>``; an environment without such actions (TextWorldExpress moves by
     ``move <direction>``) gives an empty list, and its prompt says ``Visited: none``.
     """
-    places = (one_line(action)[len(MOVE_PREFIX):] for _, action in history if one_line(action).startswith(MOVE_PREFIX))
+    moves = (one_line(action) for _, action in history)
+    places = (move[len(MOVE_PREFIX):] for move in moves if move.startswith(MOVE_PREFIX))
     return list(dict.fromkeys(place for place in places if place))
 
 
