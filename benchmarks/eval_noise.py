@@ -16,7 +16,10 @@ games in the same order); ``--merge FILE ...`` first adds the runs of other resu
 agents evaluated by separate invocations can be paired.
 
 Agents: ``pi_I`` (the policy of iteration I), ``bon:I:J:N`` (BoN(pi_I, Q_J) with N samples, ranked as the run's
-config says) and ``bon:I:J:N:W`` (the same, ranked by Q + W log pi). With several named runs (``--run NAME=DIR``,
+config says) and ``bon:I:J:N:W`` (the same, ranked by Q + W log pi); ``mc:I:N:M``, ``mc:I:N:M:W`` and
+``mc:I:N:M:W:T`` rank the same N candidates (drawn at temperature T, default the config's) by the engine's own
+Monte Carlo Q^{pi_I} from M continuations of pi_I at the live state (``agentprm.agents.lookahead``): the ceiling
+a perfect PRM would give Best-of-N, a measurement, never a result to report. With several named runs (``--run NAME=DIR``,
 repeatable) an agent is ``NAME.AGENT``, and A/B pairs may compare agents of different runs on the same games.
 
     PYTHONPATH=src python benchmarks/eval_noise.py --run RUN --agents pi_0,pi_3,bon:3:2:16 --seeds 1,2,3 \\
@@ -27,6 +30,7 @@ repeatable) an agent is ``NAME.AGENT``, and A/B pairs may compare agents of diff
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -45,6 +49,42 @@ def parse_agent(text: str) -> tuple[int, int | None, int, float | None]:
     if fields[0] != "bon" or len(fields) not in (4, 5):
         raise ValueError(f"agent {text!r}: expected pi_I, bon:I:J:N or bon:I:J:N:W")
     return int(fields[1]), int(fields[2]), int(fields[3]), float(fields[4]) if len(fields) == 5 else None
+
+
+def parse_lookahead(text: str) -> tuple[int, int, int, float, float | None] | None:
+    """``mc:I:N:M[:W[:T]]`` -> (I, N, M, W or 0, T or None); anything else -> None."""
+    fields = text.split(":")
+    if fields[0] != "mc":
+        return None
+    if len(fields) not in (4, 5, 6):
+        raise ValueError(f"agent {text!r}: expected mc:I:N:M, mc:I:N:M:W or mc:I:N:M:W:T")
+    weight = float(fields[4]) if len(fields) >= 5 else 0.0
+    temperature = float(fields[5]) if len(fields) == 6 else None
+    return int(fields[1]), int(fields[2]), int(fields[3]), weight, temperature
+
+
+def lookahead_agent(ctx, spec: tuple[int, int, int, float, float | None], seed: int, stack):
+    """BoN(pi_I, Monte Carlo Q^{pi_I}); its continuation pool is entered on ``stack`` (closed by the caller)."""
+    from agentprm.agents.lookahead import LookaheadBestOfN, MonteCarloQ
+    from agentprm.agents.policy_agent import PolicyAgent, ScoreCache
+    from agentprm.envs.runner import open_pool
+
+    iteration, n, continuations, weight, temperature = spec
+    c = ctx.config
+    policy = ctx.load_policy(ctx.policy_path(iteration))
+    continuation = PolicyAgent(policy, prompt=c.prompt, mode=c.policy.mode, temperature=c.eval.temperature,
+                               max_new_tokens=c.policy.max_new_tokens, seed=seed + 7919, score_cache=ScoreCache())
+    pool = stack.enter_context(open_pool(c.games.env, c.num_envs, c.workers))
+    q = MonteCarloQ(pool, continuation, continuations, max_steps=c.eval.max_steps, gamma=c.targets.gamma)
+    return LookaheadBestOfN(policy, None, n=n, prompt=c.prompt, mode=c.policy.mode,
+                            temperature=c.eval.candidate_temperature() if temperature is None else temperature,
+                            logprob_weight=weight, max_new_tokens=c.policy.max_new_tokens, seed=seed, q=q)
+
+
+def split_agent(agent: str) -> tuple[str, str]:
+    """``NAME.AGENT`` -> (NAME, AGENT); ``AGENT`` -> ("", AGENT). The run name is what precedes a '.' in the
+    agent's first field: a weight or a temperature (``bon:1:0:8:0.3``) has a '.' of its own."""
+    return tuple(agent.split(".", 1)) if "." in agent.split(":")[0] else ("", agent)
 
 
 def parse_run(text: str) -> tuple[str, Path]:
@@ -116,7 +156,7 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     contexts = {}
     for agent in agents:
-        label, name = agent.rsplit(".", 1) if "." in agent else ("", agent)
+        label, name = split_agent(agent)
         if label not in runs:
             raise SystemExit(f"eval_noise: agent {agent!r} names run {label!r}; runs given: {sorted(runs)}")
         if label not in contexts:
@@ -124,12 +164,18 @@ def main(argv=None) -> int:
             contexts[label] = (config, RunContext(config, runs[label], log=lambda message: None))
         config, ctx = contexts[label]
         games = ctx.eval_games()
-        policy_iteration, prm_iteration, n, weight = parse_agent(name)
+        lookahead = parse_lookahead(name)
+        if lookahead is None:
+            policy_iteration, prm_iteration, n, weight = parse_agent(name)
         for seed in seeds:
             started = time.perf_counter()
-            player = run_stages._agent(ctx, policy_iteration, prm_iteration, n, seed, logprob_weight=weight)
-            evaluation = evaluate_policy(config.games.env, games, player, agent, max_steps=config.eval.max_steps,
-                                         num_envs=config.num_envs, workers=config.workers, seed=seed)
+            with contextlib.ExitStack() as stack:
+                if lookahead is None:
+                    player = run_stages._agent(ctx, policy_iteration, prm_iteration, n, seed, logprob_weight=weight)
+                else:
+                    player = lookahead_agent(ctx, lookahead, seed, stack)
+                evaluation = evaluate_policy(config.games.env, games, player, agent, max_steps=config.eval.max_steps,
+                                             num_envs=config.num_envs, workers=config.workers, seed=seed)
             played = sorted(evaluation.results, key=lambda r: r.game.game_id)
             ids = [r.game.game_id for r in played]
             if results["game_ids"] is None:
@@ -140,6 +186,9 @@ def main(argv=None) -> int:
                    "wins": [bool(r.won) for r in played], "seconds": time.perf_counter() - started}
             if getattr(player, "turns", 0):  # Best-of-N: distinct actions its N samples offered per turn
                 row["distinct_candidates"] = player.distinct_candidates / player.turns
+            if lookahead is not None:
+                row.update(q_estimates=player.estimates, continuations=player.q.branches,
+                           continuation_steps=player.q.continuation_steps)
             results["runs"].append(row)
             print(f"{agent} seed {seed}: {evaluation.success:.1%} ({time.perf_counter() - started:.0f} s)",
                   flush=True)

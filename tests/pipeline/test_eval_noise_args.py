@@ -20,6 +20,23 @@ def test_agents_parse():
             eval_noise.parse_agent(bad)
 
 
+def test_lookahead_agents_parse():
+    assert eval_noise.parse_lookahead("mc:0:16:4") == (0, 16, 4, 0.0, None)
+    assert eval_noise.parse_lookahead("mc:1:8:2:0.1") == (1, 8, 2, 0.1, None)
+    assert eval_noise.parse_lookahead("mc:1:8:2:0:1.0") == (1, 8, 2, 0.0, 1.0)
+    assert eval_noise.parse_lookahead("bon:1:0:8") is None and eval_noise.parse_lookahead("pi_0") is None
+    for bad in ("mc:1:8", "mc:1:8:2:0:1:9"):
+        with pytest.raises(ValueError, match="expected mc:I:N:M"):
+            eval_noise.parse_lookahead(bad)
+
+
+def test_run_names_are_split_from_agents_with_dotted_weights():
+    assert eval_noise.split_agent("w6.pi_1") == ("w6", "pi_1")
+    assert eval_noise.split_agent("bon:1:0:8:0.3") == ("", "bon:1:0:8:0.3")
+    assert eval_noise.split_agent("a.mc:0:16:4:0:1.0") == ("a", "mc:0:16:4:0:1.0")
+    assert eval_noise.split_agent("pi_0") == ("", "pi_0")
+
+
 def test_runs_parse():
     assert eval_noise.parse_run("/tmp/a") == ("", Path("/tmp/a"))
     assert eval_noise.parse_run("w6=/tmp/a=b") == ("w6", Path("/tmp/a=b"))  # the first '=' ends the name

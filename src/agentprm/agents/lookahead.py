@@ -1,0 +1,104 @@
+"""Best-of-N ranked by the engine itself: the ceiling a perfect PRM would give (a benchmark agent, not a method).
+
+A PRM of iteration i is trained to predict Q^{pi_i}(s, a), the discounted success of taking a at s and following
+pi_i after. :class:`MonteCarloQ` measures that quantity directly: the episode's action prefix is replayed from reset
+in a second pool of real environments (:mod:`agentprm.pipeline.branching`, which checks every replayed observation
+against the live one), ``a`` is taken, and ``continuations`` continuations of pi play on until the episode's step
+budget (which counts the prefix) runs out:
+
+    Q_hat(s, a) = (1 / M) sum_m gamma^(T_m - 1 - t) R_m           (t = the step of s, R_m in {0, 1})
+
+:class:`LookaheadBestOfN` is :class:`agentprm.agents.best_of_n.BestOfNAgent` with that estimate in place of the PRM:
+the same N candidates (same seeds, so N = 1 is the policy), the same reduction to distinct admissible actions, the
+same rule argmax Q + lambda log pi with the same ties. Only the scores differ, so BoN(pi, MC) minus pi is what
+Best-of-N with these candidates can gain from a ranker that knows Q^pi up to Monte Carlo noise, and BoN(pi, Q_i)
+minus pi is how much of that the learnt PRM recovers. It plays the evaluation games with the environment's help
+(continuations from the live state): it is a measurement on held-out games, never an agent to report as a result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from agentprm.agents.best_of_n import BestOfNAgent, Candidate, representatives
+from agentprm.envs.runner import PolicyInput
+from agentprm.models.prompts import PromptState
+from agentprm.pipeline.branching import Branch, discounted_return, play_branches
+
+
+@dataclass
+class MonteCarloQ:
+    """Q^pi(s, a) at live states by ``continuations`` continuations of ``agent`` (a runner policy: pi) each, played
+    in ``pool`` (open, owned by the caller). ``branches`` and ``continuation_steps`` count what it played."""
+
+    pool: Any
+    agent: Any
+    continuations: int = 4
+    max_steps: int = 30
+    gamma: float = 0.95
+    branches: int = 0
+    continuation_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if self.continuations < 1:
+            raise ValueError(f"continuations must be >= 1, got {self.continuations}")
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
+
+    def estimate(self, items: Sequence[PolicyInput], actions: Sequence[str]) -> list[float]:
+        """Q_hat(s_j, a_j) for the state of ``items[j]`` (its history is the whole episode so far) and
+        ``actions[j]``, all pairs' continuations in one :func:`play_branches` call."""
+        if len(items) != len(actions):
+            raise ValueError(f"{len(items)} states for {len(actions)} actions")
+        branches = [self.branch(item, action, m) for item, action in zip(items, actions)
+                    for m in range(self.continuations)]
+        if not branches:
+            return []
+        played = play_branches(self.pool, branches, self.agent, self.max_steps)
+        self.branches += len(branches)
+        returns = [0.0] * len(items)
+        for k, (branch, result) in enumerate(zip(branches, played)):
+            returns[k // self.continuations] += discounted_return(result, branch.start, self.gamma)
+            self.continuation_steps += result.steps - branch.start
+        return [total / self.continuations for total in returns]
+
+    @staticmethod
+    def branch(item: PolicyInput, action: str, m: int) -> Branch:
+        if len(item.history) != item.step:
+            raise ValueError(f"game {item.game.game_id}: the state at step {item.step} carries {len(item.history)} "
+                             "steps of history; a replay needs the whole episode")
+        prefix = tuple(a for _, a in item.history)
+        observations = tuple(text for text, _ in item.history) + (item.observation.text,)
+        return Branch(item.game, prefix, observations, action, action, 0.0, m)
+
+
+@dataclass
+class LookaheadBestOfN(BestOfNAgent):
+    """BoN(pi, Q_hat): :class:`BestOfNAgent` with :class:`MonteCarloQ` ``q`` as its ranker (``prm`` is unused and
+    may be None). A slot whose candidates are one distinct action is not estimated (its choice cannot change)."""
+
+    q: MonteCarloQ | None = None
+    estimates: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.q is None:
+            raise ValueError("LookaheadBestOfN needs q, a MonteCarloQ")
+
+    def _score(self, states: list[PromptState], prompts: list[str], batch: list[PolicyInput],
+               candidates: list[list[Candidate]]) -> None:
+        jobs: list[tuple[int, str]] = []
+        for position, (item, slot_candidates) in enumerate(zip(batch, candidates)):
+            chosen = representatives(slot_candidates, item.observation.admissible_actions, self.filter_admissible)
+            if len(chosen) > 1:
+                jobs.extend((position, slot_candidates[i].action) for i in chosen)
+        if not jobs:
+            return
+        values = self.q.estimate([batch[p] for p, _ in jobs], [action for _, action in jobs])
+        self.estimates += len(jobs)
+        for (position, action), value in zip(jobs, values):
+            for candidate in candidates[position]:
+                if candidate.action == action:
+                    candidate.score = float(value)

@@ -1,0 +1,111 @@
+"""Best-of-N ranked by Monte Carlo Q in the real engine: exact values on an expert path, and the agent's choices."""
+
+import pytest
+
+from agentprm.agents.lookahead import LookaheadBestOfN, MonteCarloQ
+from agentprm.agents.policy_agent import PolicyAgent
+from agentprm.envs.registry import list_games
+from agentprm.envs.runner import EnvPool, PolicyInput, run_episodes
+from agentprm.models.policy import Policy
+
+GAMMA = 0.95
+
+
+@pytest.fixture(scope="module")
+def game(alfworld_root):
+    root, _ = alfworld_root
+    return list_games("alfworld", "seen", root=str(root))[0]
+
+
+@pytest.fixture(scope="module")
+def expert_episode(game):
+    """The handcoded expert's winning episode of ``game`` (its states carry the whole history)."""
+    with EnvPool("alfworld", 1, env_options={"expert": "handcoded"}) as pool:
+        [result] = run_episodes(pool, [game], lambda batch: [item.expert_action for item in batch], max_steps=30,
+                                need_expert=True)
+    assert result.won and result.steps >= 3
+    return result
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with EnvPool("alfworld", 4) as shared:
+        yield shared
+
+
+class Scripted:
+    """Continues the expert's actions while the history is the expert's prefix, else "look" (never wins)."""
+
+    def __init__(self, actions):
+        self.actions = actions
+
+    def __call__(self, batch):
+        out = []
+        for item in batch:
+            on_path = [a for _, a in item.history] == self.actions[: item.step]
+            out.append(self.actions[item.step] if on_path and item.step < len(self.actions) else "look")
+        return out
+
+
+def _state(result, t, slot=0):
+    observation = result.transitions[t][0]
+    history = [(obs.text, action) for obs, action, _ in result.transitions[:t]]
+    return PolicyInput(slot, result.game, observation, history, t)
+
+
+def test_q_is_the_discounted_return_of_the_continuations_by_hand(expert_episode, pool):
+    actions = [a for _, a, _ in expert_episode.transitions]
+    steps = len(actions)
+    q = MonteCarloQ(pool, Scripted(actions), continuations=2, max_steps=30, gamma=GAMMA)
+    t = 1
+    state = _state(expert_episode, t)
+    other = next(a for a in state.observation.admissible_actions if a != actions[t])
+    values = q.estimate([state, state], [actions[t], other])
+    # the expert's action, then the expert's path: won at step `steps`, so gamma^(steps - 1 - t); the other: never
+    assert values == pytest.approx([GAMMA ** (steps - 1 - t), 0.0])
+    assert q.branches == 4
+    assert q.continuation_steps == 2 * (steps - t) + 2 * (30 - t)
+
+
+def test_a_state_without_its_whole_history_cannot_be_replayed(expert_episode, pool):
+    state = _state(expert_episode, 2)
+    state.history = state.history[1:]
+    with pytest.raises(ValueError, match="whole episode"):
+        MonteCarloQ(pool, Scripted([]), continuations=1).estimate([state], ["look"])
+    with pytest.raises(ValueError, match="continuations"):
+        MonteCarloQ(pool, Scripted([]), continuations=0)
+
+
+def test_the_agent_takes_the_action_of_highest_q_whenever_it_is_a_candidate(tiny_model, expert_episode, pool):
+    policy = Policy.from_pretrained(tiny_model)
+    actions = [a for _, a, _ in expert_episode.transitions]
+    q = MonteCarloQ(pool, Scripted(actions), continuations=1, max_steps=12, gamma=GAMMA)
+    agent = LookaheadBestOfN(policy, None, n=8, temperature=2.0, seed=3, q=q)
+    checked = []
+
+    def watch(batch):
+        chosen = agent(batch)
+        for item, action in zip(batch, chosen):
+            offered = {c.action for c in agent.last_choices[item.slot].candidates}
+            on_path = [a for _, a in item.history] == actions[: item.step]
+            if on_path and actions[item.step] in offered and len(offered) > 1:
+                assert action == actions[item.step]  # Q > 0 only there: every other candidate scores 0
+                checked.append(item.step)
+        return chosen
+
+    with EnvPool("alfworld", 1) as outer:
+        run_episodes(outer, [expert_episode.game], watch, max_steps=12)
+    assert checked and agent.estimates >= 2 and q.branches == agent.estimates
+
+
+def test_one_candidate_needs_no_estimate_and_acts_as_the_policy(tiny_model, game, pool):
+    policy = Policy.from_pretrained(tiny_model)
+    q = MonteCarloQ(pool, Scripted([]), continuations=1)
+    agent = LookaheadBestOfN(policy, None, n=1, temperature=1.0, seed=5, q=q)
+    with EnvPool("alfworld", 1) as outer:
+        [mine] = run_episodes(outer, [game], agent, max_steps=4)
+        [plain] = run_episodes(outer, [game], PolicyAgent(policy, temperature=1.0, seed=5), max_steps=4)
+    assert [a for _, a, _ in mine.transitions] == [a for _, a, _ in plain.transitions]
+    assert agent.estimates == 0 and q.branches == 0
+    with pytest.raises(ValueError, match="MonteCarloQ"):
+        LookaheadBestOfN(policy, None, n=4)
