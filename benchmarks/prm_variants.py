@@ -40,6 +40,11 @@ from pathlib import Path
 
 BRANCHING = ["rollouts.episodes_per_game=1", "rollouts.branch_states=1", "rollouts.branch_actions=3",
              "rollouts.branch_continuations=1"]
+# The ground truth's own quantity on training games: one episode of pi_0 per game at its evaluation temperature
+# (0.3, so the states are those it visits when evaluated), and at 3 of its states the 3 most likely actions (distinct
+# draws at T = 0.3) each continued once at T = 0.3: the targets estimate Q^{pi_0 @ 0.3}, as the oracle does.
+EVAL_BRANCHING = ["rollouts.episodes_per_game=1", "rollouts.temperature=0.3", "rollouts.branch_states=3",
+                  "rollouts.branch_actions=3", "rollouts.branch_continuations=1"]
 SCALAR = ["prm.kind=scalar"]  # explicit: a base config may default to the implicit PRM
 RESIDUAL = ["prm.kind=residual"]
 UNDEMONSTRATED = "<undemonstrated games>"  # resolved by undemonstrated_overrides from the base and N
@@ -77,6 +82,10 @@ VARIANTS: dict[str, list[str]] = {
     "state_residual_0.1": RESIDUAL + ["prm.policy_weight=0.1", "targets.key=state", "prm.loss=soft_bce"],
     "undemo_all_state_residual_0.1": [UNDEMONSTRATED, "rollouts.games=0"] + RESIDUAL
     + ["prm.policy_weight=0.1", "targets.key=state", "prm.loss=soft_bce"],
+    "undemo_evalbranch_state_bce": [UNDEMONSTRATED, "rollouts.games=0"] + EVAL_BRANCHING + SCALAR
+    + ["targets.key=state", "prm.loss=soft_bce"],
+    "undemo_evalbranch_state_listwise": [UNDEMONSTRATED, "rollouts.games=0"] + EVAL_BRANCHING + SCALAR
+    + ["targets.key=state", "prm.loss=soft_bce+listwise"],
 }
 SHARED = ("games", "demos", "model_init", "iter_0")
 STAGES = ("rollout", "targets", "train-prm")
