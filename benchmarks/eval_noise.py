@@ -63,8 +63,10 @@ def parse_lookahead(text: str) -> tuple[int, int, int, float, float | None] | No
     return int(fields[1]), int(fields[2]), int(fields[3]), weight, temperature
 
 
-def lookahead_agent(ctx, spec: tuple[int, int, int, float, float | None], seed: int, stack):
-    """BoN(pi_I, Monte Carlo Q^{pi_I}); its continuation pool is entered on ``stack`` (closed by the caller)."""
+def lookahead_agent(ctx, spec: tuple[int, int, int, float, float | None], seed: int, stack,
+                    referees: dict[str, str] | None = None, referee_weight: float = 0.0):
+    """BoN(pi_I, Monte Carlo Q^{pi_I}); its continuation pool is entered on ``stack`` (closed by the caller).
+    ``referees`` (name -> PRM model folder) grade each PRM's choice at every decision against the estimate."""
     from agentprm.agents.lookahead import LookaheadBestOfN, MonteCarloQ
     from agentprm.agents.policy_agent import PolicyAgent, ScoreCache
     from agentprm.envs.runner import open_pool
@@ -78,7 +80,9 @@ def lookahead_agent(ctx, spec: tuple[int, int, int, float, float | None], seed: 
     q = MonteCarloQ(pool, continuation, continuations, max_steps=c.eval.max_steps, gamma=c.targets.gamma)
     return LookaheadBestOfN(policy, None, n=n, prompt=c.prompt, mode=c.policy.mode,
                             temperature=c.eval.candidate_temperature() if temperature is None else temperature,
-                            logprob_weight=weight, max_new_tokens=c.policy.max_new_tokens, seed=seed, q=q)
+                            logprob_weight=weight, max_new_tokens=c.policy.max_new_tokens, seed=seed, q=q,
+                            referees={name: ctx.load_prm(path) for name, path in (referees or {}).items()},
+                            referee_logprob_weight=referee_weight)
 
 
 def split_agent(agent: str) -> tuple[str, str]:
@@ -112,6 +116,10 @@ def main(argv=None) -> int:
                         "these results files (same games) to RESULTS first")
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated evaluation seeds")
     parser.add_argument("--compare", default="", help="comma-separated A/B pairs of agents: differences per seed")
+    parser.add_argument("--referee", action="append", default=[], metavar="NAME=PRM",
+                        help="mc agents: also grade this PRM's choice at every decision against the Monte Carlo "
+                             "ranking (repeatable)")
+    parser.add_argument("--referee-weight", type=float, default=0.0, help="referees rank by Q + W log pi")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--results", help="JSON file to write")
     args = parser.parse_args(argv)
@@ -145,6 +153,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     runs = dict(parse_run(text) for text in args.run)
+    referees = dict(parse_run(text) for text in args.referee)
     agents = [a.strip() for a in args.agents.split(",") if a.strip()]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     results = {"benchmark": "eval_noise", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -173,7 +182,7 @@ def main(argv=None) -> int:
                 if lookahead is None:
                     player = run_stages._agent(ctx, policy_iteration, prm_iteration, n, seed, logprob_weight=weight)
                 else:
-                    player = lookahead_agent(ctx, lookahead, seed, stack)
+                    player = lookahead_agent(ctx, lookahead, seed, stack, referees, args.referee_weight)
                 evaluation = evaluate_policy(config.games.env, games, player, agent, max_steps=config.eval.max_steps,
                                              num_envs=config.num_envs, workers=config.workers, seed=seed)
             played = sorted(evaluation.results, key=lambda r: r.game.game_id)
@@ -188,7 +197,11 @@ def main(argv=None) -> int:
                 row["distinct_candidates"] = player.distinct_candidates / player.turns
             if lookahead is not None:
                 row.update(q_estimates=player.estimates, continuations=player.q.branches,
-                           continuation_steps=player.q.continuation_steps)
+                           continuation_steps=player.q.continuation_steps,
+                           verdicts={name: v.summary() for name, v in player.verdicts.items()})
+                for name, verdict in row["verdicts"].items():
+                    print(f"  {name}: {verdict['decisions']} decisions, {verdict['contested']} contested, agreement "
+                          f"{verdict['agreement']:.1%}, regret {verdict['regret']:.4f}", flush=True)
             results["runs"].append(row)
             print(f"{agent} seed {seed}: {evaluation.success:.1%} ({time.perf_counter() - started:.0f} s)",
                   flush=True)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from agentprm.agents.lookahead import LookaheadBestOfN, MonteCarloQ
+from agentprm.agents.lookahead import LookaheadBestOfN, MonteCarloQ, Verdicts
 from agentprm.agents.policy_agent import PolicyAgent
 from agentprm.envs.registry import list_games
 from agentprm.envs.runner import EnvPool, PolicyInput, run_episodes
@@ -109,3 +109,40 @@ def test_one_candidate_needs_no_estimate_and_acts_as_the_policy(tiny_model, game
     assert agent.estimates == 0 and q.branches == 0
     with pytest.raises(ValueError, match="MonteCarloQ"):
         LookaheadBestOfN(policy, None, n=4)
+
+
+def test_verdicts_by_hand():
+    verdicts = Verdicts()
+    verdicts.add([0.5, 0.0, 0.25], 2)  # contested, not the best: regret 0.25
+    verdicts.add([0.0, 0.0], 1)  # all equal: not contested, no regret
+    verdicts.add([0.3, 0.3, 0.1], 1)  # a tie for the best counts as agreement
+    assert verdicts.summary() == {"decisions": 3, "contested": 2, "agreement": 0.5, "regret": pytest.approx(0.25 / 3)}
+
+
+class Flat:
+    """A PRM that scores every response alike: its choice is the policy's (ties go to the higher log pi)."""
+
+    def score(self, prompts, responses):
+        return [0.5] * len(responses)
+
+
+def test_referees_are_graded_at_every_decision_and_a_flat_prm_chooses_as_the_policy(tiny_model, expert_episode,
+                                                                                      pool):
+    policy = Policy.from_pretrained(tiny_model)
+    actions = [a for _, a, _ in expert_episode.transitions]
+    q = MonteCarloQ(pool, Scripted(actions), continuations=1, max_steps=10, gamma=GAMMA)
+    agent = LookaheadBestOfN(policy, None, n=8, temperature=2.0, seed=3, q=q, referees={"flat": Flat()})
+    decisions = []
+
+    def watch(batch):
+        chosen = agent(batch)
+        decisions.extend(len({c.action for c in agent.last_choices[item.slot].candidates}) > 1 for item in batch)
+        return chosen
+
+    with EnvPool("alfworld", 1) as outer:
+        run_episodes(outer, [expert_episode.game], watch, max_steps=10)
+    summary = {name: v.summary() for name, v in agent.verdicts.items()}
+    assert summary["policy"]["decisions"] == sum(decisions) > 0
+    assert summary["flat"] == summary["policy"]
+    with pytest.raises(ValueError, match="'policy'"):
+        LookaheadBestOfN(policy, None, n=2, q=q, referees={"policy": Flat()})

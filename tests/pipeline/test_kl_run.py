@@ -105,7 +105,8 @@ def test_eval_noise_pairs_agents_over_games_and_recomputes(kl_run, tmp_path):
     # with 4 candidates at temperature 1 it estimates Q by continuations in a second pool
     lookahead = tmp_path / "lookahead.json"
     done = subprocess.run([sys.executable, "benchmarks/eval_noise.py", "--run", str(kl_run), "--agents",
-                           "pi_0,mc:0:1:2,mc:0:4:1:0:1.0", "--seeds", "1", "--results", str(lookahead)],
+                           "pi_0,mc:0:1:2,mc:0:4:1:0:1.0", "--seeds", "1", "--results", str(lookahead),
+                           "--referee", f"q0={kl_run}/iter_1/prm/model"],
                           cwd=root, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     rows = {r["agent"]: r for r in json.loads(lookahead.read_text())["runs"]}
@@ -113,6 +114,7 @@ def test_eval_noise_pairs_agents_over_games_and_recomputes(kl_run, tmp_path):
     assert rows["mc:0:1:2"]["q_estimates"] == 0 == rows["mc:0:1:2"]["continuations"]
     wide = rows["mc:0:4:1:0:1.0"]
     assert wide["q_estimates"] > 0 and wide["continuations"] == wide["q_estimates"] and wide["continuation_steps"] > 0
+    assert set(wide["verdicts"]) == {"policy", "q0"} and wide["verdicts"]["q0"]["decisions"] > 0
     done = subprocess.run([sys.executable, "benchmarks/eval_noise.py", "--run", f"a={kl_run}", "--agents", "c.pi_0",
                            "--results", str(tmp_path / "x.json")], cwd=root, env=env, capture_output=True, text=True)
     assert done.returncode != 0 and "names run 'c'" in done.stderr

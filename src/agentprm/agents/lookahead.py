@@ -14,15 +14,23 @@ same rule argmax Q + lambda log pi with the same ties. Only the scores differ, s
 Best-of-N with these candidates can gain from a ranker that knows Q^pi up to Monte Carlo noise, and BoN(pi, Q_i)
 minus pi is how much of that the learnt PRM recovers. It plays the evaluation games with the environment's help
 (continuations from the live state): it is a measurement on held-out games, never an agent to report as a result.
+
+**Referees.** With ``referees`` (name -> PRM), every decision (a turn whose candidates are two or more distinct
+actions) is also ranked by each referee with the same rule (Q + lambda log pi over the same representatives), and by
+the policy alone (the most likely representative). The agent still acts on the Monte Carlo ranking; per ranker
+:class:`Verdicts` counts the decisions, the contested ones (Q_hat not equal for all candidates), the share of contested
+decisions where it picks an action of highest Q_hat (agreement), and its regret, the mean over all decisions of
+max Q_hat - Q_hat(its pick). Referees rank by Q + ``referee_logprob_weight`` log pi. This grades a PRM at the decisions Best-of-N
+actually faces, on the states the policy reaches, which the ground-truth benchmark's random states do not.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from agentprm.agents.best_of_n import BestOfNAgent, Candidate, representatives
+from agentprm.agents.best_of_n import BestOfNAgent, Candidate, representatives, select_best
 from agentprm.envs.runner import PolicyInput
 from agentprm.models.prompts import PromptState
 from agentprm.pipeline.branching import Branch, discounted_return, play_branches
@@ -75,17 +83,45 @@ class MonteCarloQ:
 
 
 @dataclass
+class Verdicts:
+    """One ranker's record against the Monte Carlo ranking (see the module doc)."""
+
+    decisions: int = 0
+    contested: int = 0
+    agreements: int = 0
+    regret: float = 0.0
+
+    def add(self, values: Sequence[float], pick: int) -> None:
+        self.decisions += 1
+        if max(values) > min(values):  # the estimate tells the candidates apart
+            self.contested += 1
+            self.agreements += values[pick] >= max(values)
+        self.regret += max(values) - values[pick]
+
+    def summary(self) -> dict[str, float | int]:
+        return {"decisions": self.decisions, "contested": self.contested,
+                "agreement": self.agreements / self.contested if self.contested else 0.0,
+                "regret": self.regret / self.decisions if self.decisions else 0.0}
+
+
+@dataclass
 class LookaheadBestOfN(BestOfNAgent):
     """BoN(pi, Q_hat): :class:`BestOfNAgent` with :class:`MonteCarloQ` ``q`` as its ranker (``prm`` is unused and
     may be None). A slot whose candidates are one distinct action is not estimated (its choice cannot change)."""
 
     q: MonteCarloQ | None = None
+    referees: dict[str, Any] = field(default_factory=dict)
+    referee_logprob_weight: float = 0.0
+    verdicts: dict[str, Verdicts] = field(default_factory=dict)
     estimates: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.q is None:
             raise ValueError("LookaheadBestOfN needs q, a MonteCarloQ")
+        if "policy" in self.referees:
+            raise ValueError("'policy' is the policy's own verdict; name the referee PRMs otherwise")
+        self.verdicts = {name: Verdicts() for name in ["policy", *self.referees]}
 
     def _score(self, states: list[PromptState], prompts: list[str], batch: list[PolicyInput],
                candidates: list[list[Candidate]]) -> None:
@@ -96,9 +132,37 @@ class LookaheadBestOfN(BestOfNAgent):
                 jobs.extend((position, slot_candidates[i].action) for i in chosen)
         if not jobs:
             return
+        picks = self._referee_picks(states, prompts, batch, candidates)
         values = self.q.estimate([batch[p] for p, _ in jobs], [action for _, action in jobs])
         self.estimates += len(jobs)
         for (position, action), value in zip(jobs, values):
             for candidate in candidates[position]:
                 if candidate.action == action:
                     candidate.score = float(value)
+        for position, by_ranker in picks.items():
+            slot = candidates[position]
+            chosen = representatives(slot, batch[position].observation.admissible_actions, self.filter_admissible)
+            q_values = [slot[i].score for i in chosen]
+            for name, pick in by_ranker.items():
+                self.verdicts[name].add(q_values, chosen.index(pick))
+
+    def _referee_picks(self, states, prompts, batch, candidates) -> dict[int, dict[str, int]]:
+        """position -> ranker -> the representative it would execute, at every decision (two or more distinct)."""
+        decisions = {}
+        for position, (item, slot) in enumerate(zip(batch, candidates)):
+            chosen = representatives(slot, item.observation.admissible_actions, self.filter_admissible)
+            if len(chosen) > 1:  # the policy alone: its most likely representative, first sampled among equals
+                decisions[position] = {"policy": max(chosen, key=lambda i: (slot[i].logprob, -i))}
+        for name, prm in self.referees.items():
+            self.prm = prm
+            try:
+                BestOfNAgent._score(self, states, prompts, batch, candidates)
+            finally:
+                self.prm = None
+            for position in decisions:
+                slot = candidates[position]
+                decisions[position][name] = select_best(slot, batch[position].observation.admissible_actions,
+                                                        self.filter_admissible, self.referee_logprob_weight)
+                for candidate in slot:
+                    candidate.score = None
+        return decisions
