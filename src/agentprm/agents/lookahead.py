@@ -125,14 +125,15 @@ class LookaheadBestOfN(BestOfNAgent):
 
     def _score(self, states: list[PromptState], prompts: list[str], batch: list[PolicyInput],
                candidates: list[list[Candidate]]) -> None:
-        jobs: list[tuple[int, str]] = []
-        for position, (item, slot_candidates) in enumerate(zip(batch, candidates)):
-            chosen = representatives(slot_candidates, item.observation.admissible_actions, self.filter_admissible)
+        decisions = {}  # position -> its representatives, where there are two or more (a choice to make)
+        for position, (item, slot) in enumerate(zip(batch, candidates)):
+            chosen = representatives(slot, item.observation.admissible_actions, self.filter_admissible)
             if len(chosen) > 1:
-                jobs.extend((position, slot_candidates[i].action) for i in chosen)
-        if not jobs:
+                decisions[position] = chosen
+        if not decisions:
             return
-        picks = self._referee_picks(states, prompts, batch, candidates)
+        picks = self._referee_picks(states, prompts, batch, candidates, decisions)
+        jobs = [(position, candidates[position][i].action) for position, chosen in decisions.items() for i in chosen]
         values = self.q.estimate([batch[p] for p, _ in jobs], [action for _, action in jobs])
         self.estimates += len(jobs)
         for (position, action), value in zip(jobs, values):
@@ -140,19 +141,15 @@ class LookaheadBestOfN(BestOfNAgent):
                 if candidate.action == action:
                     candidate.score = float(value)
         for position, by_ranker in picks.items():
-            slot = candidates[position]
-            chosen = representatives(slot, batch[position].observation.admissible_actions, self.filter_admissible)
-            q_values = [slot[i].score for i in chosen]
+            chosen = decisions[position]
+            q_values = [candidates[position][i].score for i in chosen]
             for name, pick in by_ranker.items():
                 self.verdicts[name].add(q_values, chosen.index(pick))
 
-    def _referee_picks(self, states, prompts, batch, candidates) -> dict[int, dict[str, int]]:
-        """position -> ranker -> the representative it would execute, at every decision (two or more distinct)."""
-        decisions = {}
-        for position, (item, slot) in enumerate(zip(batch, candidates)):
-            chosen = representatives(slot, item.observation.admissible_actions, self.filter_admissible)
-            if len(chosen) > 1:  # the policy alone: its most likely representative, first sampled among equals
-                decisions[position] = {"policy": max(chosen, key=lambda i: (slot[i].logprob, -i))}
+    def _referee_picks(self, states, prompts, batch, candidates, decisions) -> dict[int, dict[str, int]]:
+        """position -> ranker -> the representative it would execute, at every decision."""
+        picks = {position: {"policy": max(chosen, key=lambda i: (candidates[position][i].logprob, -i))}
+                 for position, chosen in decisions.items()}  # the policy alone: most likely, first sampled
         for name, prm in self.referees.items():
             self.prm = prm
             try:
@@ -161,8 +158,8 @@ class LookaheadBestOfN(BestOfNAgent):
                 self.prm = None
             for position in decisions:
                 slot = candidates[position]
-                decisions[position][name] = select_best(slot, batch[position].observation.admissible_actions,
-                                                        self.filter_admissible, self.referee_logprob_weight)
+                picks[position][name] = select_best(slot, batch[position].observation.admissible_actions,
+                                                    self.filter_admissible, self.referee_logprob_weight)
                 for candidate in slot:
                     candidate.score = None
-        return decisions
+        return picks
