@@ -154,6 +154,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     runs = dict(parse_run(text) for text in args.run)
     referees = dict(parse_run(text) for text in args.referee)
+    if "" in referees:
+        raise SystemExit("eval_noise: --referee takes NAME=PRM_FOLDER (a name for the verdicts)")
     agents = [a.strip() for a in args.agents.split(",") if a.strip()]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     results = {"benchmark": "eval_noise", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
