@@ -34,6 +34,10 @@ VARIANTS: dict[str, list[str]] = {
     "kl_1": ["policy_step=kl", "kl.beta=1.0"],
     "kl_0.1_steps90": ["policy_step=kl", "kl.beta=0.1", "kl.steps=90"],
     "kl_mc": ["policy_step=kl", "kl.q_source=mc", "kl.beta=0.3"],
+    "kl_mc_0.1": ["policy_step=kl", "kl.q_source=mc", "kl.beta=0.1"],
+    # outcome-only baselines on the same rollouts (no targets or PRM used): SFT on the won episodes, episode DPO
+    "rft": ["algorithm=rft"],
+    "trajectory_dpo": ["algorithm=trajectory_dpo"],
     "phi": [],
 }
 SHARED = ("games", "demos", "model_init", "iter_0", "iter_1/rollouts", "iter_1/targets", "iter_1/prm")
@@ -98,7 +102,7 @@ def success(wins: dict[int, dict[str, bool]]) -> float:
 
 def diagnostics(folder: Path) -> dict:
     policy = folder / "iter_1" / "policy"
-    for name in ("dpo_summary.json", "kl_summary.json"):
+    for name in ("dpo_summary.json", "kl_summary.json", "rft.json"):
         if (policy / name).is_file():
             data = json.loads((policy / name).read_text())
             return {k: v for k, v in {**data, **data.get("final", {})}.items() if isinstance(v, (int, float))}
