@@ -19,7 +19,8 @@ Agents: ``pi_I`` (the policy of iteration I), ``bon:I:J:N`` (BoN(pi_I, Q_J) with
 config says) and ``bon:I:J:N:W`` (the same, ranked by Q + W log pi); ``mc:I:N:M``, ``mc:I:N:M:W`` and
 ``mc:I:N:M:W:T`` rank the same N candidates (drawn at temperature T, default the config's) by the engine's own
 Monte Carlo Q^{pi_I} from M continuations of pi_I at the live state (``agentprm.agents.lookahead``): the ceiling
-a perfect PRM would give Best-of-N, a measurement, never a result to report. With several named runs (``--run NAME=DIR``,
+a perfect PRM would give Best-of-N, a measurement, never a result to report. ``mcobs:...`` (same fields) leaves the
+decisions among ``go to`` actions only to the policy: the part of that ceiling not made of where the object lies. With several named runs (``--run NAME=DIR``,
 repeatable) an agent is ``NAME.AGENT``, and A/B pairs may compare agents of different runs on the same games.
 
     PYTHONPATH=src python benchmarks/eval_noise.py --run RUN --agents pi_0,pi_3,bon:3:2:16 --seeds 1,2,3 \\
@@ -37,6 +38,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 from agentprm.pipeline.results import paired_success_difference, pooled_success
 
@@ -51,27 +53,37 @@ def parse_agent(text: str) -> tuple[int, int | None, int, float | None]:
     return int(fields[1]), int(fields[2]), int(fields[3]), float(fields[4]) if len(fields) == 5 else None
 
 
-def parse_lookahead(text: str) -> tuple[int, int, int, float, float | None] | None:
-    """``mc:I:N:M[:W[:T]]`` -> (I, N, M, W or 0, T or None); anything else -> None."""
+class Lookahead(NamedTuple):
+    iteration: int
+    n: int
+    continuations: int
+    weight: float = 0.0
+    temperature: float | None = None
+    policy_navigates: bool = False  # mcobs: decisions among go-to actions only are the policy's
+
+
+def parse_lookahead(text: str) -> Lookahead | None:
+    """``mc:I:N:M[:W[:T]]`` -> Lookahead(I, N, M, W or 0, T or None); ``mcobs:...`` the same with
+    ``policy_navigates``; anything else -> None."""
     fields = text.split(":")
-    if fields[0] != "mc":
+    if fields[0] not in ("mc", "mcobs"):
         return None
     if len(fields) not in (4, 5, 6):
-        raise ValueError(f"agent {text!r}: expected mc:I:N:M, mc:I:N:M:W or mc:I:N:M:W:T")
+        raise ValueError(f"agent {text!r}: expected {fields[0]}:I:N:M, {fields[0]}:I:N:M:W or {fields[0]}:I:N:M:W:T")
     weight = float(fields[4]) if len(fields) >= 5 else 0.0
     temperature = float(fields[5]) if len(fields) == 6 else None
-    return int(fields[1]), int(fields[2]), int(fields[3]), weight, temperature
+    return Lookahead(int(fields[1]), int(fields[2]), int(fields[3]), weight, temperature, fields[0] == "mcobs")
 
 
-def lookahead_agent(ctx, spec: tuple[int, int, int, float, float | None], seed: int, stack,
-                    referees: dict[str, str] | None = None, referee_weight: float = 0.0):
+def lookahead_agent(ctx, spec: Lookahead, seed: int, stack, referees: dict[str, str] | None = None,
+                    referee_weight: float = 0.0):
     """BoN(pi_I, Monte Carlo Q^{pi_I}); its continuation pool is entered on ``stack`` (closed by the caller).
     ``referees`` (name -> PRM model folder) grade each PRM's choice at every decision against the estimate."""
     from agentprm.agents.lookahead import LookaheadBestOfN, MonteCarloQ
     from agentprm.agents.policy_agent import PolicyAgent, ScoreCache
     from agentprm.envs.runner import open_pool
 
-    iteration, n, continuations, weight, temperature = spec
+    iteration, n, continuations, weight, temperature, policy_navigates = spec
     c = ctx.config
     policy = ctx.load_policy(ctx.policy_path(iteration))
     continuation = PolicyAgent(policy, prompt=c.prompt, mode=c.policy.mode, temperature=c.eval.temperature,
@@ -82,7 +94,7 @@ def lookahead_agent(ctx, spec: tuple[int, int, int, float, float | None], seed: 
                             temperature=c.eval.candidate_temperature() if temperature is None else temperature,
                             logprob_weight=weight, max_new_tokens=c.policy.max_new_tokens, seed=seed, q=q,
                             referees={name: ctx.load_prm(path) for name, path in (referees or {}).items()},
-                            referee_logprob_weight=referee_weight)
+                            referee_logprob_weight=referee_weight, policy_navigates=policy_navigates)
 
 
 def split_agent(agent: str) -> tuple[str, str]:
@@ -200,6 +212,7 @@ def main(argv=None) -> int:
             if lookahead is not None:
                 row.update(q_estimates=player.estimates, continuations=player.q.branches,
                            continuation_steps=player.q.continuation_steps,
+                           navigation_decisions=player.navigation_decisions,
                            verdicts={name: v.summary() for name, v in player.verdicts.items()})
                 for name, verdict in row["verdicts"].items():
                     print(f"  {name}: {verdict['decisions']} decisions, {verdict['contested']} contested, agreement "

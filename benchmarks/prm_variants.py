@@ -262,7 +262,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", required=True, help="base run directory (games, demos, pi_0)")
     parser.add_argument("--out", required=True, help="folder of the variants' run directories")
-    parser.add_argument("--states", required=True, help="oracle states file (prm_oracle.py estimate)")
+    parser.add_argument("--states", default="", help="oracle states file (prm_oracle.py estimate); without it the "
+                        "variants are built and listed but not graded")
     parser.add_argument("--results", default="", help="JSON to merge the grades into (prm_oracle.py grade)")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), help=f"of {', '.join(VARIANTS)}")
     parser.add_argument("--chosen", default="", help="the variant the configs use")
@@ -296,6 +297,8 @@ def main() -> None:
                          "prm_init": init_model})
             print(json.dumps(rows[-1]), flush=True)
     (out / "variants.json").write_text(json.dumps(rows, indent=2) + "\n")
+    if not args.states:
+        return
     here = Path(__file__).parent
     command = [sys.executable, str(here / "prm_oracle.py"), "grade", args.states,
                *[f"--prm={row['variant']}={row['prm']}" for row in rows]]

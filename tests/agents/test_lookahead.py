@@ -146,3 +146,23 @@ def test_referees_are_graded_at_every_decision_and_a_flat_prm_chooses_as_the_pol
     assert summary["flat"] == summary["policy"]
     with pytest.raises(ValueError, match="'policy'"):
         LookaheadBestOfN(policy, None, n=2, q=q, referees={"policy": Flat()})
+
+
+def test_navigation_left_to_the_policy_is_not_estimated_and_goes_to_its_most_likely_place(tiny_model, expert_episode,
+                                                                                          pool):
+    from agentprm.agents.best_of_n import Candidate, select_best
+
+    policy = Policy.from_pretrained(tiny_model)
+    actions = [a for _, a, _ in expert_episode.transitions]
+    state = _state(expert_episode, 0)
+    admissible = state.observation.admissible_actions
+    places = [a for a in admissible if a.startswith("go to ")]
+    assert len(places) >= 2 and not actions[0].startswith("go to ")  # the expert looks first
+    q = MonteCarloQ(pool, Scripted(actions), continuations=1, max_steps=30, gamma=GAMMA)
+    agent = LookaheadBestOfN(policy, None, n=2, q=q, policy_navigates=True)
+    walks = [Candidate(places[0], places[0], -2.0), Candidate(places[1], places[1], -0.5)]
+    mixed = [Candidate(places[0], places[0], -0.1), Candidate(actions[0], actions[0], -3.0)]
+    agent._score([None, None], ["", ""], [state, _state(expert_episode, 0, slot=1)], [walks, mixed])
+    assert [c.score for c in walks] == [0.0, 0.0] and select_best(walks, admissible) == 1  # the policy's pick
+    assert mixed[1].score > 0 and mixed[0].score == 0.0  # estimated: the expert's move wins, whatever log pi says
+    assert agent.navigation_decisions == 1 and agent.estimates == 2 and q.branches == 2

@@ -21,9 +21,10 @@ def test_agents_parse():
 
 
 def test_lookahead_agents_parse():
-    assert eval_noise.parse_lookahead("mc:0:16:4") == (0, 16, 4, 0.0, None)
-    assert eval_noise.parse_lookahead("mc:1:8:2:0.1") == (1, 8, 2, 0.1, None)
-    assert eval_noise.parse_lookahead("mc:1:8:2:0:1.0") == (1, 8, 2, 0.0, 1.0)
+    assert eval_noise.parse_lookahead("mc:0:16:4") == (0, 16, 4, 0.0, None, False)
+    assert eval_noise.parse_lookahead("mc:1:8:2:0.1") == (1, 8, 2, 0.1, None, False)
+    assert eval_noise.parse_lookahead("mc:1:8:2:0:1.0") == (1, 8, 2, 0.0, 1.0, False)
+    assert eval_noise.parse_lookahead("mcobs:0:16:4:0:1.0") == (0, 16, 4, 0.0, 1.0, True)
     assert eval_noise.parse_lookahead("bon:1:0:8") is None and eval_noise.parse_lookahead("pi_0") is None
     for bad in ("mc:1:8", "mc:1:8:2:0:1:9"):
         with pytest.raises(ValueError, match="expected mc:I:N:M"):

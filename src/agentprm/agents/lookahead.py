@@ -22,6 +22,12 @@ the policy alone (the most likely representative). The agent still acts on the M
 decisions where it picks an action of highest Q_hat (agreement), and its regret, the mean over all decisions of
 max Q_hat - Q_hat(its pick). Referees rank by Q + ``referee_logprob_weight`` log pi. This grades a PRM at the decisions Best-of-N
 actually faces, on the states the policy reaches, which the ground-truth benchmark's random states do not.
+
+**Navigation left to the policy.** With ``policy_navigates``, a decision whose distinct candidates are all
+``go to`` actions is not estimated: every candidate scores 0, so the rule's tie-break executes the policy's most
+likely one. Which receptacle to walk to first is mostly where the object lies, which the continuations know and the
+observation does not; the rest of the ceiling (take, open, put, use, and navigation against another kind of
+action) is what a PRM that sees only the prompt could in principle recover.
 """
 
 from __future__ import annotations
@@ -34,6 +40,11 @@ from agentprm.agents.best_of_n import BestOfNAgent, Candidate, representatives, 
 from agentprm.envs.runner import PolicyInput
 from agentprm.models.prompts import PromptState
 from agentprm.pipeline.branching import Branch, discounted_return, play_branches
+
+
+def is_navigation(action: str) -> bool:
+    """An ALFWorld move between receptacles (``go to cabinet 3``)."""
+    return action.startswith("go to ")
 
 
 @dataclass
@@ -112,8 +123,10 @@ class LookaheadBestOfN(BestOfNAgent):
     q: MonteCarloQ | None = None
     referees: dict[str, Any] = field(default_factory=dict)
     referee_logprob_weight: float = 0.0
+    policy_navigates: bool = False
     verdicts: dict[str, Verdicts] = field(default_factory=dict)
     estimates: int = 0
+    navigation_decisions: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -128,8 +141,14 @@ class LookaheadBestOfN(BestOfNAgent):
         decisions = {}  # position -> its representatives, where there are two or more (a choice to make)
         for position, (item, slot) in enumerate(zip(batch, candidates)):
             chosen = representatives(slot, item.observation.admissible_actions, self.filter_admissible)
-            if len(chosen) > 1:
-                decisions[position] = chosen
+            if len(chosen) < 2:
+                continue
+            if self.policy_navigates and all(is_navigation(slot[i].action) for i in chosen):
+                for i in chosen:  # all tied: select_best's tie-break is the policy's most likely candidate
+                    slot[i].score = 0.0
+                self.navigation_decisions += 1
+                continue
+            decisions[position] = chosen
         if not decisions:
             return
         picks = self._referee_picks(states, prompts, batch, candidates, decisions)
