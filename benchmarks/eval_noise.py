@@ -20,8 +20,9 @@ config says) and ``bon:I:J:N:W`` (the same, ranked by Q + W log pi); ``mc:I:N:M`
 ``mc:I:N:M:W:T`` rank the same N candidates (drawn at temperature T, default the config's) by the engine's own
 Monte Carlo Q^{pi_I} from M continuations of pi_I at the live state (``agentprm.agents.lookahead``): the ceiling
 a perfect PRM would give Best-of-N, a measurement, never a result to report. ``mcobs:...`` (same fields) leaves the
-decisions among ``go to`` actions only to the policy: the part of that ceiling not made of where the object lies. With several named runs (``--run NAME=DIR``,
-repeatable) an agent is ``NAME.AGENT``, and A/B pairs may compare agents of different runs on the same games.
+decisions among ``go to`` actions only to the policy: the part of that ceiling not made of where the object lies.
+With several named runs (``--run NAME=DIR``, repeatable) an agent is ``NAME.AGENT``, and A/B pairs may compare
+agents of different runs on the same games.
 
     PYTHONPATH=src python benchmarks/eval_noise.py --run RUN --agents pi_0,pi_3,bon:3:2:16 --seeds 1,2,3 \\
         --compare pi_3/pi_0,bon:3:2:16/pi_3 --results benchmarks/results/eval_noise.json
