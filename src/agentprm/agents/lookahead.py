@@ -25,9 +25,10 @@ actually faces, on the states the policy reaches, which the ground-truth benchma
 
 **Navigation left to the policy.** With ``policy_navigates``, a decision whose distinct candidates are all
 ``go to`` actions is not estimated: every candidate scores 0, so the rule's tie-break executes the policy's most
-likely one. Which receptacle to walk to first is mostly where the object lies, which the continuations know and the
-observation does not; the rest of the ceiling (take, open, put, use, and navigation against another kind of
-action) is what a PRM that sees only the prompt could in principle recover.
+likely one. Which receptacle to walk to first depends largely on where the object lies, which the continuations
+know and the observation does not; the rest of the ceiling (take, open, put, use, and navigation against another
+kind of action) is what a PRM that sees only the prompt could in principle recover. The difference between the two
+agents measures how much of the ceiling navigation holds (``benchmarks/README.md``: little, at T = 1.0).
 """
 
 from __future__ import annotations
